@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs or starts what the tests need when it
+# is missing, then runs format and lint checks and every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+cargo --version
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "tests"
+# WebRTC tests keep every peer on loopback; they run a few at a time so that two
+# cores are not oversubscribed by many simultaneous peer connections.
+cargo test --locked --workspace -- --test-threads=2

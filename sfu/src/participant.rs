@@ -1,0 +1,634 @@
+//! One participant's media session: its single peer connection carrying everything it
+//! publishes and receives, and the negotiation state machine around it.
+//!
+//! Each session is an actor: one task owns the peer connection and handles, in order,
+//! what the client sends, what the room asks (subscribe/unsubscribe) and what the
+//! connection reports. The SFU is the impolite side of "perfect negotiation": an offer
+//! from the client that collides with its own pending offer is ignored, and the client
+//! rolls back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tracing::debug;
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+
+use crate::SfuInner;
+use crate::room::Room;
+use crate::signal::{
+    ClientSignal, CloseReason, IceCandidate, Layer, MediaKind, SessionId, SfuSignal,
+};
+use crate::track::{Consumer, LegParameters, Producer};
+use crate::udp_mux;
+
+/// Commands a session's actor handles, in arrival order.
+pub enum SessionCmd {
+    Client(ClientSignal),
+    Subscribe(Arc<Producer>),
+    Unsubscribe(String),
+    RemoteTrack(Arc<dyn TrackRemote>),
+    LocalCandidate(RTCIceCandidateInit),
+    State(RTCPeerConnectionState),
+    Close(CloseReason),
+}
+
+/// Relays peer-connection events into the actor's queue.
+pub struct SessionEvents {
+    pub commands: UnboundedSender<SessionCmd>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for SessionEvents {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.commands.send(SessionCmd::LocalCandidate(init));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.commands.send(SessionCmd::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.commands.send(SessionCmd::RemoteTrack(track));
+    }
+}
+
+struct Subscription {
+    consumer: Arc<Consumer>,
+    sender: Arc<dyn RtpSender>,
+    producer: Weak<Producer>,
+    rtcp_task: tokio::task::JoinHandle<()>,
+}
+
+/// Everything the actor owns.
+pub struct Session {
+    pub id: SessionId,
+    pub participant: String,
+    pub can_publish: bool,
+    pub room: Arc<Room>,
+    pub pc: Arc<dyn PeerConnection>,
+    pub sfu: Weak<SfuInner>,
+    pub events: mpsc::Sender<SfuSignal>,
+    pub commands: UnboundedSender<SessionCmd>,
+    pub driver_addrs: Vec<std::net::SocketAddr>,
+    pub announced: std::net::SocketAddr,
+    pub started: Instant,
+    offer_pending: bool,
+    needs_offer: bool,
+    connected: bool,
+    pending_candidates: Vec<RTCIceCandidateInit>,
+    subscriptions: HashMap<String, Subscription>,
+    producer_tasks: Vec<tokio::task::JoinHandle<()>>,
+    next_track: u32,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: SessionId,
+        participant: String,
+        can_publish: bool,
+        room: Arc<Room>,
+        pc: Arc<dyn PeerConnection>,
+        sfu: Weak<SfuInner>,
+        events: mpsc::Sender<SfuSignal>,
+        commands: UnboundedSender<SessionCmd>,
+        driver_addrs: Vec<std::net::SocketAddr>,
+        announced: std::net::SocketAddr,
+    ) -> Self {
+        Session {
+            id,
+            participant,
+            can_publish,
+            room,
+            pc,
+            sfu,
+            events,
+            commands,
+            driver_addrs,
+            announced,
+            started: Instant::now(),
+            offer_pending: false,
+            needs_offer: false,
+            connected: false,
+            pending_candidates: Vec::new(),
+            subscriptions: HashMap::new(),
+            producer_tasks: Vec::new(),
+            next_track: 0,
+        }
+    }
+
+    /// Runs until the session closes, then tears everything down.
+    pub async fn run(
+        mut self,
+        mut commands: UnboundedReceiver<SessionCmd>,
+        connect_timeout: std::time::Duration,
+    ) {
+        let deadline = tokio::time::sleep(connect_timeout);
+        tokio::pin!(deadline);
+        let reason = loop {
+            let cmd = tokio::select! {
+                cmd = commands.recv() => cmd,
+                () = &mut deadline, if !self.connected => break CloseReason::Timeout,
+            };
+            let Some(cmd) = cmd else {
+                break CloseReason::Left;
+            };
+            if let Some(reason) = self.handle(cmd).await {
+                break reason;
+            }
+        };
+        self.teardown(reason).await;
+    }
+
+    async fn handle(&mut self, cmd: SessionCmd) -> Option<CloseReason> {
+        match cmd {
+            SessionCmd::Client(signal) => self.on_client(signal).await,
+            SessionCmd::Subscribe(producer) => self.subscribe(producer).await,
+            SessionCmd::Unsubscribe(track) => self.unsubscribe(&track, true).await,
+            SessionCmd::RemoteTrack(track) => self.on_remote_track(track),
+            SessionCmd::LocalCandidate(init) => {
+                if !init.candidate.is_empty() {
+                    let candidate = IceCandidate {
+                        candidate: udp_mux::rewrite_candidate(
+                            &init.candidate,
+                            &self.driver_addrs,
+                            self.announced,
+                        ),
+                        sdp_mid: init.sdp_mid,
+                        sdp_mline_index: init.sdp_mline_index,
+                    };
+                    self.emit(SfuSignal::Candidate { candidate }).await;
+                }
+            }
+            SessionCmd::State(state) => return self.on_state(state).await,
+            SessionCmd::Close(reason) => return Some(reason),
+        }
+        None
+    }
+
+    async fn emit(&self, signal: SfuSignal) {
+        // The receiver is gone only when signaling already dropped the session.
+        let _ = self.events.send(signal).await;
+    }
+
+    async fn error(&self, code: &str, message: String) {
+        self.emit(SfuSignal::Error {
+            code: code.to_string(),
+            message,
+        })
+        .await;
+    }
+
+    async fn on_client(&mut self, signal: ClientSignal) {
+        let result = match signal {
+            ClientSignal::Offer { sdp } => self.on_offer(sdp).await,
+            ClientSignal::Answer { sdp } => self.on_answer(sdp).await,
+            ClientSignal::Candidate { candidate } => self.on_remote_candidate(candidate).await,
+            ClientSignal::SetMaxLayer { track, layer } => {
+                self.set_max_layer(&track, layer).await;
+                Ok(())
+            }
+        };
+        if let Err((code, message)) = result {
+            debug!(session = self.id, code, "client signal refused");
+            self.error(code, message).await;
+        }
+    }
+
+    async fn on_offer(&mut self, sdp: String) -> Result<(), (&'static str, String)> {
+        if self.offer_pending {
+            // Glare: we are the impolite peer; the client rolls back and answers ours.
+            debug!(session = self.id, "ignoring colliding client offer");
+            return Ok(());
+        }
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| ("bad_sdp", e.to_string()))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(|e| ("bad_sdp", e.to_string()))?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(|e| ("negotiation_failed", e.to_string()))?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(|e| ("negotiation_failed", e.to_string()))?;
+        let sdp = self.local_sdp().await;
+        self.emit(SfuSignal::Answer { sdp }).await;
+        self.flush_candidates().await;
+        self.refresh_legs().await;
+        self.maybe_offer().await;
+        Ok(())
+    }
+
+    async fn on_answer(&mut self, sdp: String) -> Result<(), (&'static str, String)> {
+        if !self.offer_pending {
+            return Err((
+                "unexpected_answer",
+                "no offer is waiting for an answer".into(),
+            ));
+        }
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| ("bad_sdp", e.to_string()))?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(|e| ("bad_sdp", e.to_string()))?;
+        self.offer_pending = false;
+        self.flush_candidates().await;
+        self.refresh_legs().await;
+        self.maybe_offer().await;
+        Ok(())
+    }
+
+    async fn on_remote_candidate(&mut self, c: IceCandidate) -> Result<(), (&'static str, String)> {
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            ..Default::default()
+        };
+        if self.pc.remote_description().await.is_none() {
+            if self.pending_candidates.len() < 64 {
+                self.pending_candidates.push(init);
+            }
+            return Ok(());
+        }
+        self.pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| ("bad_candidate", e.to_string()))
+    }
+
+    async fn flush_candidates(&mut self) {
+        for init in std::mem::take(&mut self.pending_candidates) {
+            if let Err(e) = self.pc.add_ice_candidate(init).await {
+                self.error("bad_candidate", e.to_string()).await;
+            }
+        }
+    }
+
+    async fn local_sdp(&self) -> String {
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+        udp_mux::rewrite_sdp(&sdp, &self.driver_addrs, self.announced)
+    }
+
+    /// Sends our offer when subscriptions changed and no negotiation is in flight.
+    async fn maybe_offer(&mut self) {
+        if !self.needs_offer || self.offer_pending {
+            return;
+        }
+        let offer = match self.pc.create_offer(None).await {
+            Ok(offer) => offer,
+            Err(e) => {
+                self.error("negotiation_failed", e.to_string()).await;
+                return;
+            }
+        };
+        if let Err(e) = self.pc.set_local_description(offer).await {
+            self.error("negotiation_failed", e.to_string()).await;
+            return;
+        }
+        self.needs_offer = false;
+        self.offer_pending = true;
+        let sdp = self.local_sdp().await;
+        self.emit(SfuSignal::Offer { sdp }).await;
+        self.refresh_legs().await;
+    }
+
+    /// Learns each subscribed track's negotiated payload type and extension ids, and
+    /// marks consumers ready once the transport is up.
+    async fn refresh_legs(&mut self) {
+        let mut newly_ready = Vec::new();
+        for sub in self.subscriptions.values() {
+            let Some(producer) = sub.producer.upgrade() else {
+                continue;
+            };
+            if !sub.consumer.has_leg() {
+                let Ok(params) = sub.sender.get_parameters().await else {
+                    continue;
+                };
+                let codec = params.rtp_parameters.codecs.iter().find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(&producer.codec.mime_type)
+                });
+                let Some(codec) = codec else {
+                    continue;
+                };
+                let subscriber_ext: Vec<(String, u8)> = params
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .filter_map(|e| u8::try_from(e.id).ok().map(|id| (e.uri.clone(), id)))
+                    .collect();
+                sub.consumer.set_leg(LegParameters::new(
+                    codec.payload_type,
+                    &producer.extensions,
+                    &subscriber_ext,
+                ));
+            }
+            if self.connected && !sub.consumer.is_ready() && sub.consumer.has_leg() {
+                sub.consumer.set_ready(true);
+                newly_ready.push((producer, sub.consumer.clone()));
+            }
+        }
+        // A new subscriber needs a key frame before it can show anything.
+        for (producer, consumer) in newly_ready {
+            if producer.kind == MediaKind::Video {
+                let layer = consumer.wanted_layer(&producer.layers);
+                producer.request_keyframe(layer, Instant::now()).await;
+            }
+        }
+    }
+
+    async fn on_state(&mut self, state: RTCPeerConnectionState) -> Option<CloseReason> {
+        match state {
+            RTCPeerConnectionState::Connected => {
+                if !self.connected {
+                    self.connected = true;
+                    if let Some(sfu) = self.sfu.upgrade() {
+                        sfu.on_connected(self.started.elapsed());
+                    }
+                }
+                self.refresh_legs().await;
+                None
+            }
+            RTCPeerConnectionState::Failed => Some(CloseReason::ConnectionFailed),
+            RTCPeerConnectionState::Closed => Some(CloseReason::ConnectionFailed),
+            _ => None,
+        }
+    }
+
+    async fn set_max_layer(&mut self, track: &str, layer: Layer) {
+        match self.subscriptions.get(track) {
+            Some(sub) => sub.consumer.set_max_layer(layer),
+            None => {
+                self.error("unknown_track", "no such subscribed track".into())
+                    .await
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, producer: Arc<Producer>) {
+        if self.subscriptions.contains_key(&producer.id) {
+            return;
+        }
+        let out_ssrc: u32 = rand::random();
+        let kind = match producer.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            producer.publisher.clone(),
+            producer.id.clone(),
+            producer.id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(out_ssrc),
+                    ..Default::default()
+                },
+                codec: producer.codec.clone(),
+                ..Default::default()
+            }],
+        )));
+        let sender = match self
+            .pc
+            .add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(e) => {
+                self.error("subscribe_failed", e.to_string()).await;
+                return;
+            }
+        };
+        let consumer = Arc::new(Consumer::new(
+            self.participant.clone(),
+            &producer,
+            track.clone(),
+            out_ssrc,
+        ));
+        producer.add_consumer(consumer.clone());
+        let rtcp_task = tokio::spawn(relay_feedback(track, consumer.clone()));
+        self.subscriptions.insert(
+            producer.id.clone(),
+            Subscription {
+                consumer,
+                sender,
+                producer: Arc::downgrade(&producer),
+                rtcp_task,
+            },
+        );
+        self.emit(SfuSignal::TrackPublished {
+            track: producer.info(),
+        })
+        .await;
+        self.needs_offer = true;
+        self.maybe_offer().await;
+    }
+
+    async fn unsubscribe(&mut self, track: &str, renegotiate: bool) {
+        let Some(sub) = self.subscriptions.remove(track) else {
+            return;
+        };
+        sub.rtcp_task.abort();
+        if let Some(producer) = sub.producer.upgrade() {
+            producer.remove_consumer(&self.participant);
+        }
+        sub.consumer.set_ready(false);
+        if renegotiate {
+            if let Err(e) = self.pc.remove_track(&sub.sender).await {
+                debug!(session = self.id, "remove_track failed: {e}");
+            }
+            self.emit(SfuSignal::TrackUnpublished {
+                track: track.to_string(),
+            })
+            .await;
+            self.needs_offer = true;
+            self.maybe_offer().await;
+        }
+    }
+
+    fn on_remote_track(&mut self, track: Arc<dyn TrackRemote>) {
+        if !self.can_publish {
+            // The grant does not allow publishing: the track is received and dropped.
+            let task = tokio::spawn(async move { while track.poll().await.is_some() {} });
+            self.producer_tasks.push(task);
+            return;
+        }
+        self.next_track += 1;
+        let id = format!("{}-{}", self.participant, self.next_track);
+        let Some(sfu) = self.sfu.upgrade() else {
+            return;
+        };
+        let task = tokio::spawn(run_producer(
+            id,
+            self.participant.clone(),
+            track,
+            self.pc.clone(),
+            self.room.clone(),
+            sfu.metrics.clone(),
+        ));
+        self.producer_tasks.push(task);
+    }
+
+    async fn teardown(mut self, reason: CloseReason) {
+        let tracks: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for track in tracks {
+            self.unsubscribe(&track, false).await;
+        }
+        let (removed, members) = self.room.leave(&self.participant, self.id);
+        notify_unpublished(&removed, &members);
+        for task in self.producer_tasks.drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.pc.close().await {
+            debug!(session = self.id, "close failed: {e}");
+        }
+        self.emit(SfuSignal::Closed { reason }).await;
+        if let Some(sfu) = self.sfu.upgrade() {
+            sfu.session_ended(self.id, &self.room, reason);
+        }
+        debug!(session = self.id, ?reason, "session closed");
+    }
+}
+
+fn notify_unpublished(removed: &[Arc<Producer>], members: &[crate::room::Member]) {
+    for producer in removed {
+        for member in members {
+            let _ = member
+                .commands
+                .send(SessionCmd::Unsubscribe(producer.id.clone()));
+        }
+    }
+}
+
+/// Relays a subscriber's key-frame requests (PLI/FIR) to the publisher, throttled there.
+async fn relay_feedback(track: Arc<TrackLocalStaticRTP>, consumer: Arc<Consumer>) {
+    while let Some(event) = track.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        let wants_keyframe = packets.iter().any(|p| {
+            p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+        });
+        if !wants_keyframe {
+            continue;
+        }
+        let Some(producer) = consumer.producer.upgrade() else {
+            return;
+        };
+        let layer = consumer.wanted_layer(&producer.layers);
+        producer.request_keyframe(layer, Instant::now()).await;
+    }
+}
+
+/// Reads one published track: registers it in the room on its first packet, forwards
+/// every packet, and unpublishes it when the track ends.
+async fn run_producer(
+    id: String,
+    publisher: String,
+    track: Arc<dyn TrackRemote>,
+    pc: Arc<dyn PeerConnection>,
+    room: Arc<Room>,
+    metrics: Arc<veil_metrics::Metrics>,
+) {
+    let mut producer: Option<Arc<Producer>> = None;
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnOpen(init) => {
+                if let Some(p) = &producer {
+                    p.add_stream(init.ssrc, init.rid.as_deref());
+                    continue;
+                }
+                let Some(codec) = track.codec(init.ssrc).await else {
+                    continue;
+                };
+                let kind = match track.kind().await {
+                    RtpCodecKind::Audio => MediaKind::Audio,
+                    _ => MediaKind::Video,
+                };
+                let mut layers: Vec<Layer> = track
+                    .codings()
+                    .await
+                    .iter()
+                    .filter_map(|c| Layer::from_rid(&c.rtp_coding_parameters.rid))
+                    .collect();
+                layers.sort();
+                layers.dedup();
+                let extensions = receiver_extensions(&pc, &init.receiver_id).await;
+                let p = Arc::new(Producer::new(
+                    id.clone(),
+                    publisher.clone(),
+                    kind,
+                    codec,
+                    layers,
+                    extensions,
+                    track.clone(),
+                    metrics.clone(),
+                ));
+                p.add_stream(init.ssrc, init.rid.as_deref());
+                for member in room.add_producer(p.clone()) {
+                    let _ = member.commands.send(SessionCmd::Subscribe(p.clone()));
+                }
+                producer = Some(p);
+            }
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                if let Some(p) = &producer {
+                    p.forward(packet).await;
+                }
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+    if let Some((p, members)) = room.remove_producer(&id) {
+        notify_unpublished(&[p], &members);
+    }
+}
+
+async fn receiver_extensions(
+    pc: &Arc<dyn PeerConnection>,
+    receiver_id: &rtc::rtp_transceiver::RTCRtpReceiverId,
+) -> Vec<(String, u8)> {
+    for receiver in pc.get_receivers().await {
+        if receiver.id() != *receiver_id {
+            continue;
+        }
+        if let Ok(params) = receiver.get_parameters().await {
+            return params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .filter_map(|e| u8::try_from(e.id).ok().map(|id| (e.uri.clone(), id)))
+                .collect();
+        }
+    }
+    Vec::new()
+}

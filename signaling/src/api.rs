@@ -1,0 +1,205 @@
+//! The HTTP API: small typed handlers that answer every error as
+//! `{"error": code, "message": text}` with a fitting status, and count it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use veil_sfu::grant::{Grant, valid_id};
+
+use crate::Signaling;
+use crate::room::{RoomError, clean_display_name};
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code,
+            message: &self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn count(state: &Signaling, route: &str, status: StatusCode, error: Option<&str>) {
+    let class = match status.as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route, class])
+        .inc();
+    if let Some(reason) = error {
+        state.metrics.error(reason);
+    }
+}
+
+fn from_room_error(e: RoomError) -> ApiError {
+    match e {
+        RoomError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such room"),
+        RoomError::Full => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rooms_full",
+            "too many rooms are open; try again later",
+        ),
+        RoomError::RoomFull => ApiError::new(
+            StatusCode::CONFLICT,
+            "room_full",
+            "the meeting has reached its participant limit",
+        ),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RoomCreated {
+    pub room: String,
+}
+
+/// `POST /api/rooms` — open to anyone until accounts gate room creation.
+pub async fn create_room(State(state): State<Arc<Signaling>>) -> Result<Response, ApiError> {
+    match state.rooms.create(Instant::now()) {
+        Ok(room) => {
+            state.metrics.rooms_created.inc();
+            count(&state, "create_room", StatusCode::CREATED, None);
+            Ok((StatusCode::CREATED, Json(RoomCreated { room })).into_response())
+        }
+        Err(e) => {
+            let err = from_room_error(e);
+            count(&state, "create_room", err.status, Some("bad_request"));
+            Err(err)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub display_name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub participant: String,
+    pub grant: String,
+    /// Path of the WebSocket to present the grant on.
+    pub ws: String,
+}
+
+/// `POST /api/rooms/{room}/join` `{display_name}` → a short-lived grant.
+pub async fn join_room(
+    State(state): State<Arc<Signaling>>,
+    Path(room): Path<String>,
+    body: Bytes,
+) -> Result<Json<JoinResponse>, ApiError> {
+    let result = join(&state, &room, &body);
+    match &result {
+        Ok(_) => count(&state, "join_room", StatusCode::OK, None),
+        Err(e) => {
+            let reason = if e.status == StatusCode::NOT_FOUND {
+                "not_found"
+            } else {
+                "bad_request"
+            };
+            count(&state, "join_room", e.status, Some(reason));
+        }
+    }
+    result.map(Json)
+}
+
+fn join(state: &Signaling, room: &str, body: &[u8]) -> Result<JoinResponse, ApiError> {
+    if !valid_id(room) {
+        return Err(from_room_error(RoomError::NotFound));
+    }
+    let request: JoinRequest = serde_json::from_slice(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "expected a JSON object {\"display_name\": string}",
+        )
+    })?;
+    let name = clean_display_name(&request.display_name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_display_name",
+            "a display name is 1 to 64 characters without control characters",
+        )
+    })?;
+    let participant = state
+        .rooms
+        .join(room, &name, Instant::now())
+        .map_err(from_room_error)?;
+    let grant = state.signer.sign(&Grant {
+        room: room.to_string(),
+        participant: participant.clone(),
+        can_publish: true,
+        can_subscribe: true,
+        expires: veil_sfu::unix_now() + state.config.grant_ttl_secs,
+    });
+    Ok(JoinResponse {
+        participant,
+        grant,
+        ws: "/ws".into(),
+    })
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    sessions: usize,
+    rooms: usize,
+}
+
+/// `GET /healthz`
+pub async fn healthz(State(state): State<Arc<Signaling>>) -> Json<impl Serialize> {
+    Json(Health {
+        status: "ok",
+        sessions: state.sfu.live_sessions(),
+        rooms: state.rooms.len(),
+    })
+}
+
+/// `GET /metrics`
+pub async fn metrics(State(state): State<Arc<Signaling>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, veil_metrics::Metrics::content_type())],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub async fn not_found(State(state): State<Arc<Signaling>>) -> ApiError {
+    count(&state, "other", StatusCode::NOT_FOUND, Some("not_found"));
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}

@@ -1,0 +1,92 @@
+//! Veil's control plane and the single entry point for browsers: the HTTP API, the
+//! WebSocket that carries SDP, ICE and (later) E2EE blobs between a client and its
+//! media session, and the room directory that mints short-lived join grants.
+//!
+//! Must never: parse or keep an E2EE blob or media key; log or export an IP address,
+//! a display name or a room id; talk to anything but its own components (P9).
+
+pub mod api;
+pub mod connection;
+pub mod message;
+pub mod room;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use veil_metrics::Metrics;
+use veil_sfu::SfuControl;
+use veil_sfu::grant::GrantSigner;
+
+use crate::room::RoomDirectory;
+
+/// Signaling settings; defaults run on a laptop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// Where the HTTP API and WebSocket listen.
+    pub http_addr: std::net::SocketAddr,
+    /// Lifetime of a join grant.
+    pub grant_ttl_secs: u64,
+    /// A room id stays valid this long after creation.
+    pub room_ttl_secs: u64,
+    pub max_rooms: usize,
+    pub max_participants_per_room: usize,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            http_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grant_ttl_secs: 60,
+            room_ttl_secs: 24 * 3600,
+            max_rooms: 10_000,
+            max_participants_per_room: 100,
+        }
+    }
+}
+
+/// Shared state of the signaling service.
+pub struct Signaling {
+    pub config: SignalingConfig,
+    pub signer: GrantSigner,
+    pub rooms: RoomDirectory,
+    pub sfu: Arc<dyn SfuControl>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Signaling {
+    pub fn new(
+        config: SignalingConfig,
+        signer: GrantSigner,
+        sfu: Arc<dyn SfuControl>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let rooms = RoomDirectory::new(
+            config.max_rooms,
+            config.max_participants_per_room,
+            Duration::from_secs(config.room_ttl_secs),
+        );
+        Arc::new(Signaling {
+            config,
+            signer,
+            rooms,
+            sfu,
+            metrics,
+        })
+    }
+
+    /// Every route of the public surface this service serves.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/rooms", post(api::create_room))
+            .route("/api/rooms/{room}/join", post(api::join_room))
+            .route("/ws", get(connection::upgrade))
+            .route("/healthz", get(api::healthz))
+            .route("/metrics", get(api::metrics))
+            .fallback(api::not_found)
+            .with_state(self.clone())
+    }
+}

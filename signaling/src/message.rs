@@ -1,0 +1,192 @@
+//! The WebSocket protocol between a browser (or headless participant) and signaling:
+//! one JSON object per text frame, tagged by `"type"`.
+//!
+//! Anything that does not parse as a [`ClientMessage`] is answered with
+//! [`ServerMessage::Error`] and counted; the connection stays usable.
+
+use serde::{Deserialize, Serialize};
+use veil_sfu::{ClientSignal, CloseReason, IceCandidate, Layer, SfuSignal, TrackInfo};
+
+/// Largest text frame signaling accepts (SDP of a large room fits comfortably).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message: present the join grant. `room`, when given, must match it.
+    Join {
+        grant: Option<String>,
+        #[serde(default)]
+        room: Option<String>,
+    },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: IceCandidate,
+    },
+    SetMaxLayer {
+        track: String,
+        layer: Layer,
+    },
+    Leave,
+}
+
+impl ClientMessage {
+    /// Label for metrics (a fixed set, never message content).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Offer { .. } => "offer",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::SetMaxLayer { .. } => "set_max_layer",
+            ClientMessage::Leave => "leave",
+        }
+    }
+
+    /// The part of the message meant for the media session, if any.
+    pub fn into_signal(self) -> Option<ClientSignal> {
+        match self {
+            ClientMessage::Offer { sdp } => Some(ClientSignal::Offer { sdp }),
+            ClientMessage::Answer { sdp } => Some(ClientSignal::Answer { sdp }),
+            ClientMessage::Candidate { candidate } => Some(ClientSignal::Candidate { candidate }),
+            ClientMessage::SetMaxLayer { track, layer } => {
+                Some(ClientSignal::SetMaxLayer { track, layer })
+            }
+            ClientMessage::Join { .. } | ClientMessage::Leave => None,
+        }
+    }
+}
+
+/// What signaling sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The grant was accepted and the media session exists.
+    Joined {
+        participant: String,
+        room: String,
+    },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: IceCandidate,
+    },
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track: String,
+    },
+    /// A message was refused; `code` is stable, `message` is for people.
+    Error {
+        code: String,
+        message: String,
+    },
+    /// The media session ended; the server closes the socket after this.
+    Closed {
+        reason: CloseReason,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Joined { .. } => "joined",
+            ServerMessage::Offer { .. } => "offer",
+            ServerMessage::Answer { .. } => "answer",
+            ServerMessage::Candidate { .. } => "candidate",
+            ServerMessage::TrackPublished { .. } => "track_published",
+            ServerMessage::TrackUnpublished { .. } => "track_unpublished",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::Closed { .. } => "closed",
+        }
+    }
+}
+
+impl From<SfuSignal> for ServerMessage {
+    fn from(signal: SfuSignal) -> Self {
+        match signal {
+            SfuSignal::Offer { sdp } => ServerMessage::Offer { sdp },
+            SfuSignal::Answer { sdp } => ServerMessage::Answer { sdp },
+            SfuSignal::Candidate { candidate } => ServerMessage::Candidate { candidate },
+            SfuSignal::TrackPublished { track } => ServerMessage::TrackPublished { track },
+            SfuSignal::TrackUnpublished { track } => ServerMessage::TrackUnpublished { track },
+            SfuSignal::Error { code, message } => ServerMessage::Error { code, message },
+            SfuSignal::Closed { reason } => ServerMessage::Closed { reason },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_shapes() {
+        let join: ClientMessage =
+            serde_json::from_str(r#"{"type":"join","grant":"v1.a.b"}"#).unwrap();
+        assert_eq!(
+            join,
+            ClientMessage::Join {
+                grant: Some("v1.a.b".into()),
+                room: None
+            }
+        );
+        let cand: ClientMessage = serde_json::from_str(
+            r#"{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(cand.kind(), "candidate");
+        let layer: ClientMessage =
+            serde_json::from_str(r#"{"type":"set_max_layer","track":"t","layer":"h"}"#).unwrap();
+        assert_eq!(
+            layer.into_signal(),
+            Some(ClientSignal::SetMaxLayer {
+                track: "t".into(),
+                layer: Layer::Half
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_types_and_fields() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"leave","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"sdp":"x"}"#).is_err());
+        assert!(
+            serde_json::from_str::<ClientMessage>(
+                r#"{"type":"set_max_layer","track":"t","layer":"z"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn server_messages_carry_a_type_tag() {
+        let json = serde_json::to_value(ServerMessage::error("grant_expired", "expired")).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["code"], "grant_expired");
+        let closed = serde_json::to_value(ServerMessage::from(SfuSignal::Closed {
+            reason: CloseReason::Left,
+        }))
+        .unwrap();
+        assert_eq!(closed, serde_json::json!({"type":"closed","reason":"left"}));
+    }
+}

@@ -1,0 +1,168 @@
+//! The one typed configuration: defaults, then a TOML file, then `VEIL_*` environment
+//! variables, then command-line flags (each overrides the one before).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use veil_sfu::SfuConfig;
+use veil_signaling::SignalingConfig;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub signaling: SignalingConfig,
+    pub sfu: SfuConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `veil_sfu=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "veil",
+    version,
+    about = "Self-hostable video meetings; the server relays media it cannot read"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process on this machine (the default).
+    All,
+    /// Print the effective configuration as TOML and exit.
+    Config,
+}
+
+/// Settings that can also come from flags or `VEIL_*` variables.
+#[derive(Debug, Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "VEIL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// HTTP and WebSocket listen address.
+    #[arg(long, env = "VEIL_HTTP_ADDR", global = true)]
+    pub http_addr: Option<SocketAddr>,
+    /// The single UDP address all media uses.
+    #[arg(long, env = "VEIL_MEDIA_ADDR", global = true)]
+    pub media_addr: Option<SocketAddr>,
+    /// Address announced to clients for media (e.g. the public IP).
+    #[arg(long, env = "VEIL_ANNOUNCE_IP", global = true)]
+    pub announce_ip: Option<IpAddr>,
+    /// Log filter.
+    #[arg(long, env = "VEIL_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Builds the effective configuration.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(addr) = overrides.http_addr {
+            config.signaling.http_addr = addr;
+        }
+        if let Some(addr) = overrides.media_addr {
+            config.sfu.media_addr = addr;
+        }
+        if let Some(ip) = overrides.announce_ip {
+            config.sfu.announce_ip = Some(ip);
+        }
+        if let Some(level) = &overrides.log {
+            config.log.level = level.clone();
+        }
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_overrides() -> Overrides {
+        Overrides {
+            config: None,
+            http_addr: None,
+            media_addr: None,
+            announce_ip: None,
+            log: None,
+        }
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let c = Config::load(&no_overrides()).unwrap();
+        assert!(c.signaling.http_addr.ip().is_loopback());
+        assert!(c.sfu.media_addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("veil-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("veil.toml");
+        std::fs::write(
+            &path,
+            "[signaling]\nhttp_addr = \"127.0.0.1:9000\"\n[sfu]\nmedia_addr = \"127.0.0.1:9001\"\nconnect_timeout = 5\n",
+        )
+        .unwrap();
+        let mut o = no_overrides();
+        o.config = Some(path.clone());
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.signaling.http_addr.port(), 9000);
+        assert_eq!(c.sfu.media_addr.port(), 9001);
+        assert_eq!(c.sfu.connect_timeout.as_secs(), 5);
+        o.http_addr = Some("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(Config::load(&o).unwrap().signaling.http_addr.port(), 9100);
+        std::fs::write(&path, "[sfu]\nmedia_adr = \"x\"\n").unwrap();
+        let err = Config::load(&o).unwrap_err().to_string();
+        assert!(err.contains("media_adr"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
