@@ -96,7 +96,6 @@ pub struct Session {
     pending_candidates: Vec<RTCIceCandidateInit>,
     subscriptions: HashMap<String, Subscription>,
     producer_tasks: Vec<tokio::task::JoinHandle<()>>,
-    next_track: u32,
 }
 
 impl Session {
@@ -131,7 +130,6 @@ impl Session {
             pending_candidates: Vec::new(),
             subscriptions: HashMap::new(),
             producer_tasks: Vec::new(),
-            next_track: 0,
         }
     }
 
@@ -323,6 +321,11 @@ impl Session {
     /// Learns each subscribed track's negotiated payload type and extension ids, and
     /// marks consumers ready once the transport is up.
     async fn refresh_legs(&mut self) {
+        // Only a fully negotiated leg may carry media: before the subscriber has
+        // answered, it could not map the stream and the first key frame would be lost.
+        if self.offer_pending || self.needs_offer {
+            return;
+        }
         let mut newly_ready = Vec::new();
         for sub in self.subscriptions.values() {
             let Some(producer) = sub.producer.upgrade() else {
@@ -482,14 +485,15 @@ impl Session {
             self.producer_tasks.push(task);
             return;
         }
-        self.next_track += 1;
-        let id = format!("{}-{}", self.participant, self.next_track);
+        // Random suffix: ids stay unique when the same participant rejoins.
+        let id = format!("{}-{:08x}", self.participant, rand::random::<u32>());
         let Some(sfu) = self.sfu.upgrade() else {
             return;
         };
         let task = tokio::spawn(run_producer(
             id,
             self.participant.clone(),
+            self.id,
             track,
             self.pc.clone(),
             self.room.clone(),
@@ -554,6 +558,7 @@ async fn relay_feedback(track: Arc<TrackLocalStaticRTP>, consumer: Arc<Consumer>
 async fn run_producer(
     id: String,
     publisher: String,
+    session: SessionId,
     track: Arc<dyn TrackRemote>,
     pc: Arc<dyn PeerConnection>,
     room: Arc<Room>,
@@ -586,6 +591,7 @@ async fn run_producer(
                 let p = Arc::new(Producer::new(
                     id.clone(),
                     publisher.clone(),
+                    session,
                     kind,
                     codec,
                     layers,

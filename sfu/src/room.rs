@@ -77,7 +77,7 @@ impl Room {
         let owned: Vec<String> = state
             .producers
             .iter()
-            .filter(|(_, p)| p.publisher == participant)
+            .filter(|(_, p)| p.session == session)
             .map(|(id, _)| id.clone())
             .collect();
         let removed = owned

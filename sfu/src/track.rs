@@ -22,7 +22,7 @@ use veil_metrics::Metrics;
 
 use crate::forwarder::ForwardState;
 use crate::keyframe;
-use crate::signal::{Layer, MediaKind, TrackInfo};
+use crate::signal::{Layer, MediaKind, SessionId, TrackInfo};
 
 /// A subscriber asking for key frames more often than this is served from the last one.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -76,6 +76,8 @@ struct LayerTable {
 pub struct Producer {
     pub id: String,
     pub publisher: String,
+    /// The publishing session (a participant that rejoins gets a new one).
+    pub session: SessionId,
     pub kind: MediaKind,
     pub codec: RTCRtpCodec,
     /// Simulcast layers announced in the publisher's SDP; empty when single-layer.
@@ -95,6 +97,7 @@ impl Producer {
     pub fn new(
         id: String,
         publisher: String,
+        session: SessionId,
         kind: MediaKind,
         codec: RTCRtpCodec,
         layers: Vec<Layer>,
@@ -106,6 +109,7 @@ impl Producer {
         Producer {
             id,
             publisher,
+            session,
             kind,
             codec,
             layers,
