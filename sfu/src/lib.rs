@@ -8,6 +8,7 @@
 //! headers are rewritten); hold a media key; write media to disk; log or export an IP
 //! address, a name or any content. It has no database.
 
+pub mod feedback;
 pub mod forwarder;
 pub mod grant;
 pub mod keyframe;
@@ -262,8 +263,9 @@ impl Sfu {
                 )
                 .map_err(pc_err)?;
         }
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media).map_err(pc_err)?;
+        let registry = feedback::deliver_keyframe_requests(
+            register_default_interceptors(Registry::new(), &mut media).map_err(pc_err)?,
+        );
         let ufrag = random_token(16);
         let settings = SettingEngineBuilder::new()
             .with_ice_credentials(ufrag.clone(), random_token(32))

@@ -1,0 +1,1184 @@
+//! The headless participant: a real WebRTC peer on the same `webrtc` crate as the SFU,
+//! joining exactly as a browser does — `POST /api/rooms/{room}/join`, then the grant on
+//! the WebSocket, then one peer connection negotiated as the *polite* side of perfect
+//! negotiation. It publishes synthetic audio and VP8-shaped video (optionally three
+//! simulcast layers) and records everything it receives, so tests and the load
+//! generator can check what the SFU forwarded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp::header::Header;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability,
+    RtpCodecKind,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+use veil_sfu::keyframe::vp8_is_keyframe;
+use veil_sfu::{IceCandidate, Layer, TrackInfo};
+use veil_signaling::message::{ClientMessage, ServerMessage};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::media::{
+    AUDIO_CLOCK, AUDIO_PACKETS_PER_SECOND, Frame, VIDEO_CLOCK, audio_payload, layer_bitrate,
+    packetize,
+};
+use crate::payload::{Kind, now_micros, parse_body, participant_hash, payload_hash};
+
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+const RRID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+
+/// How one video source is shaped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoConfig {
+    pub fps: u32,
+    /// Bits per second of the full layer (lower simulcast layers get a share).
+    pub bitrate_bps: u64,
+    /// A key frame at least this often, and whenever the SFU asks for one.
+    pub keyframe_interval: Duration,
+    /// Publish three layers (`q`, `h`, `f`) instead of one.
+    pub simulcast: bool,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig {
+            fps: 30,
+            bitrate_bps: 720_000,
+            keyframe_interval: Duration::from_secs(3),
+            simulcast: false,
+        }
+    }
+}
+
+/// What a headless participant joins and publishes.
+#[derive(Debug, Clone)]
+pub struct ParticipantConfig {
+    /// Base URL of Veil's HTTP API, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    pub room: String,
+    pub display_name: String,
+    pub audio: bool,
+    pub video: Option<VideoConfig>,
+    pub screen: Option<VideoConfig>,
+    /// Keep a hash of every payload sent and received (tests compare them).
+    pub record_payloads: bool,
+}
+
+impl ParticipantConfig {
+    /// Publishes audio and one 30 fps VP8 camera; records payload hashes.
+    pub fn new(server: &str, room: &str, display_name: &str) -> Self {
+        ParticipantConfig {
+            server: server.trim_end_matches('/').to_string(),
+            room: room.to_string(),
+            display_name: display_name.to_string(),
+            audio: true,
+            video: Some(VideoConfig::default()),
+            screen: None,
+            record_payloads: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParticipantError {
+    #[error("HTTP join request failed: {0}")]
+    Http(String),
+    #[error("join refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
+    #[error("peer connection: {0}")]
+    PeerConnection(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+fn pc_err(e: impl std::fmt::Display) -> ParticipantError {
+    ParticipantError::PeerConnection(e.to_string())
+}
+
+/// What one received track delivered.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteTrackStats {
+    /// The track id the SFU gave it (`msid`), as in `track_published`.
+    pub track: String,
+    /// The publisher's participant id (`msid` stream id).
+    pub publisher: String,
+    pub kind: Option<Kind>,
+    pub packets: u64,
+    pub payload_bytes: u64,
+    pub first_packet: Option<Instant>,
+    pub first_keyframe: Option<Instant>,
+    pub keyframes: u64,
+    /// Packets received per simulcast layer, from the payload body.
+    pub layers: BTreeMap<Option<Layer>, u64>,
+    /// Each change of layer: (new layer, did the first packet of it start a key frame).
+    pub layer_switches: Vec<(Option<Layer>, bool)>,
+    /// Sequence numbers skipped (a gap of n counts n).
+    pub sequence_gaps: u64,
+    /// Packets that arrived with a sequence number not after the previous one.
+    pub sequence_reorders: u64,
+    /// Payloads that were not a body this tool sent.
+    pub foreign_payloads: u64,
+    /// Distinct body counters per (publisher hash, kind, layer), to measure loss.
+    pub counters: HashMap<([u8; 8], Option<Layer>), CounterRange>,
+    /// One-way latency (send time in the payload → arrival), microseconds.
+    pub latency_sum_micros: u64,
+    pub latency_max_micros: u64,
+    pub ended: bool,
+    last_sequence: Option<u16>,
+    last_layer: Option<Option<Layer>>,
+}
+
+/// The packet counters seen on one stream: how many distinct, and the span.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CounterRange {
+    pub first: u64,
+    pub last: u64,
+    pub received: u64,
+}
+
+impl CounterRange {
+    /// Share of the packets sent between the first and last received that arrived.
+    pub fn delivery(&self) -> f64 {
+        let span = self.last.saturating_sub(self.first) + 1;
+        self.received as f64 / span as f64
+    }
+}
+
+/// Everything sent on one stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SentStats {
+    pub packets: u64,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub keyframe_requests: u64,
+}
+
+#[derive(Default)]
+struct Record {
+    tracks: HashMap<String, RemoteTrackStats>,
+    received_hashes: HashSet<u64>,
+    sent_hashes: HashSet<u64>,
+    sent: BTreeMap<(Kind, Option<Layer>), SentStats>,
+    published: HashMap<String, TrackInfo>,
+    errors: Vec<String>,
+    closed: Option<String>,
+}
+
+struct Shared {
+    record: Mutex<Record>,
+    record_payloads: bool,
+    connected: watch::Sender<bool>,
+    /// Bumped each time one of our offers is answered (our senders are negotiated).
+    negotiated: watch::Sender<u64>,
+    participant: String,
+}
+
+impl Shared {
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum Command {
+    Send(ClientMessage),
+    LocalCandidate(RTCIceCandidateInit),
+    Leave,
+}
+
+struct Events {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.commands.send(Command::LocalCandidate(init));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(?state, "participant connection state");
+        self.shared
+            .connected
+            .send_replace(state == RTCPeerConnectionState::Connected);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let task = tokio::spawn(receive_track(track, self.shared.clone()));
+        lock(&self.tasks).push(task);
+    }
+}
+
+/// A joined headless participant. Dropping it stops its tasks; [`Participant::leave`]
+/// leaves cleanly.
+pub struct Participant {
+    pub id: String,
+    pub room: String,
+    /// When the grant was presented on the WebSocket.
+    pub joined_at: Instant,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    pc: Arc<dyn PeerConnection>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    signaling: Option<JoinHandle<()>>,
+}
+
+#[derive(serde::Serialize)]
+struct JoinBody<'a> {
+    display_name: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct JoinReply {
+    participant: String,
+    grant: String,
+    ws: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorReply {
+    error: String,
+    message: String,
+}
+
+/// Asks signaling for a join grant: `(participant, grant, ws path)`.
+pub async fn request_grant(
+    config: &ParticipantConfig,
+) -> Result<(String, String, String), ParticipantError> {
+    let url = format!("{}/api/rooms/{}/join", config.server, config.room);
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&JoinBody {
+            display_name: &config.display_name,
+        })
+        .send()
+        .await
+        .map_err(|e| ParticipantError::Http(e.to_string()))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        return Err(match response.json::<ErrorReply>().await {
+            Ok(e) => ParticipantError::Refused {
+                code: e.error,
+                message: e.message,
+            },
+            Err(_) => ParticipantError::Http(format!("status {status}")),
+        });
+    }
+    let reply: JoinReply = response
+        .json()
+        .await
+        .map_err(|e| ParticipantError::Http(e.to_string()))?;
+    Ok((reply.participant, reply.grant, reply.ws))
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the WebSocket and presents a grant; returns the socket once `joined` arrives.
+pub async fn open_socket(
+    server: &str,
+    ws_path: &str,
+    grant: Option<&str>,
+) -> Result<(WsStream, String, String), ParticipantError> {
+    let ws_url = format!(
+        "{}{}",
+        server
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1),
+        ws_path
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .map_err(|e| ParticipantError::WebSocket(e.to_string()))?;
+    send_message(
+        &mut ws,
+        &ClientMessage::Join {
+            grant: grant.map(str::to_string),
+            room: None,
+        },
+    )
+    .await?;
+    loop {
+        match next_message(&mut ws).await? {
+            Some(ServerMessage::Joined { participant, room }) => {
+                return Ok((ws, participant, room));
+            }
+            Some(ServerMessage::Error { code, message }) => {
+                return Err(ParticipantError::Refused { code, message });
+            }
+            Some(_) => continue,
+            None => return Err(ParticipantError::WebSocket("closed before joined".into())),
+        }
+    }
+}
+
+async fn send_message(ws: &mut WsStream, msg: &ClientMessage) -> Result<(), ParticipantError> {
+    let json = serde_json::to_string(msg).map_err(|e| ParticipantError::Protocol(e.to_string()))?;
+    ws.send(Message::Text(json.into()))
+        .await
+        .map_err(|e| ParticipantError::WebSocket(e.to_string()))
+}
+
+/// The next server message; messages this build does not know are skipped.
+async fn next_message(ws: &mut WsStream) -> Result<Option<ServerMessage>, ParticipantError> {
+    while let Some(frame) = ws.next().await {
+        match frame.map_err(|e| ParticipantError::WebSocket(e.to_string()))? {
+            Message::Text(text) => match serde_json::from_str(text.as_str()) {
+                Ok(msg) => return Ok(Some(msg)),
+                Err(_) => continue,
+            },
+            Message::Close(_) => return Ok(None),
+            _ => continue,
+        }
+    }
+    Ok(None)
+}
+
+/// Builds a peer connection on loopback only, with the codecs and header extensions a
+/// browser offers (simulcast needs mid and rid).
+async fn build_peer_connection(
+    events: Arc<Events>,
+) -> Result<Arc<dyn PeerConnection>, ParticipantError> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().map_err(pc_err)?;
+    for (uri, kind) in [
+        (MID_URI, RtpCodecKind::Video),
+        (RID_URI, RtpCodecKind::Video),
+        (RRID_URI, RtpCodecKind::Video),
+        (MID_URI, RtpCodecKind::Audio),
+    ] {
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                kind,
+                None,
+            )
+            .map_err(pc_err)?;
+    }
+    let registry = veil_sfu::feedback::deliver_keyframe_requests(
+        register_default_interceptors(Registry::new(), &mut media).map_err(pc_err)?,
+    );
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .with_handler(events)
+        // Loopback only: tests and the load generator never leave this machine.
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .build()
+        .await
+        .map_err(pc_err)?;
+    Ok(Arc::new(pc))
+}
+
+/// One local source: its track, the layers it sends and its sender.
+struct LocalSource {
+    kind: Kind,
+    video: Option<VideoConfig>,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    pc: Arc<dyn PeerConnection>,
+    /// SSRC per layer (`None` for a single-layer stream).
+    streams: Vec<(Option<Layer>, u32)>,
+}
+
+fn codec_for(kind: Kind) -> RTCRtpCodec {
+    match kind {
+        Kind::Audio => RTCRtpCodec {
+            mime_type: "audio/opus".into(),
+            clock_rate: AUDIO_CLOCK,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+            rtcp_feedback: vec![],
+        },
+        Kind::Video | Kind::Screen => RTCRtpCodec {
+            mime_type: "video/VP8".into(),
+            clock_rate: VIDEO_CLOCK,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+    }
+}
+
+async fn add_source(
+    pc: &Arc<dyn PeerConnection>,
+    participant: &str,
+    kind: Kind,
+    video: Option<VideoConfig>,
+) -> Result<LocalSource, ParticipantError> {
+    let layers: Vec<Option<Layer>> = match video {
+        Some(v) if v.simulcast => Layer::ALL.iter().map(|l| Some(*l)).collect(),
+        _ => vec![None],
+    };
+    let streams: Vec<(Option<Layer>, u32)> =
+        layers.iter().map(|l| (*l, rand::random::<u32>())).collect();
+    let codings = streams
+        .iter()
+        .map(|(layer, ssrc)| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: layer.map(|l| l.rid().to_string()).unwrap_or_default(),
+                ssrc: Some(*ssrc),
+                ..Default::default()
+            },
+            codec: codec_for(kind),
+            ..Default::default()
+        })
+        .collect();
+    let (track_id, rtc_kind) = match kind {
+        Kind::Audio => ("audio", RtpCodecKind::Audio),
+        Kind::Video => ("camera", RtpCodecKind::Video),
+        Kind::Screen => ("screen", RtpCodecKind::Video),
+    };
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        participant.to_string(),
+        track_id.to_string(),
+        track_id.to_string(),
+        rtc_kind,
+        codings,
+    )));
+    let sender = pc
+        .add_track(track.clone() as Arc<dyn TrackLocal>)
+        .await
+        .map_err(pc_err)?;
+    Ok(LocalSource {
+        kind,
+        video,
+        track,
+        sender,
+        pc: pc.clone(),
+        streams,
+    })
+}
+
+impl Participant {
+    /// Asks for a grant, joins, publishes what `config` says and starts receiving.
+    pub async fn join(config: ParticipantConfig) -> Result<Participant, ParticipantError> {
+        let (_, grant, ws_path) = request_grant(&config).await?;
+        Self::join_with_grant(config, &grant, &ws_path).await
+    }
+
+    /// Joins with a grant obtained elsewhere.
+    pub async fn join_with_grant(
+        config: ParticipantConfig,
+        grant: &str,
+        ws_path: &str,
+    ) -> Result<Participant, ParticipantError> {
+        let joined_at = Instant::now();
+        let (ws, id, room) = open_socket(&config.server, ws_path, Some(grant)).await?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            record: Mutex::new(Record::default()),
+            record_payloads: config.record_payloads,
+            connected: watch::channel(false).0,
+            negotiated: watch::channel(0).0,
+            participant: id.clone(),
+        });
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let pc = build_peer_connection(Arc::new(Events {
+            commands: commands.clone(),
+            shared: shared.clone(),
+            tasks: tasks.clone(),
+        }))
+        .await?;
+        let mut sources = Vec::new();
+        if config.audio {
+            sources.push(add_source(&pc, &id, Kind::Audio, None).await?);
+        }
+        if let Some(v) = config.video {
+            sources.push(add_source(&pc, &id, Kind::Video, Some(v)).await?);
+        }
+        if let Some(v) = config.screen {
+            sources.push(add_source(&pc, &id, Kind::Screen, Some(v)).await?);
+        }
+        let needs_offer = !sources.is_empty();
+        for source in sources {
+            let source = Arc::new(source);
+            let feedback = Arc::new(KeyframeRequests::default());
+            lock(&tasks).push(tokio::spawn(watch_feedback(
+                source.clone(),
+                feedback.clone(),
+                shared.clone(),
+            )));
+            lock(&tasks).push(tokio::spawn(send_media(source, feedback, shared.clone())));
+        }
+        let negotiator = Negotiator {
+            pc: pc.clone(),
+            shared: shared.clone(),
+            making_offer: false,
+            needs_offer,
+            pending_candidates: Vec::new(),
+        };
+        let signaling = tokio::spawn(negotiator.run(ws, command_rx));
+        Ok(Participant {
+            id,
+            room,
+            joined_at,
+            shared,
+            commands,
+            pc,
+            tasks,
+            signaling: Some(signaling),
+        })
+    }
+
+    /// Whether the peer connection is up.
+    pub fn is_connected(&self) -> bool {
+        *self.shared.connected.borrow()
+    }
+
+    /// A snapshot of every track received so far.
+    pub fn received(&self) -> Vec<RemoteTrackStats> {
+        self.shared.record().tracks.values().cloned().collect()
+    }
+
+    /// Stats of the received track the SFU announced with this id.
+    pub fn received_track(&self, track: &str) -> Option<RemoteTrackStats> {
+        self.shared.record().tracks.get(track).cloned()
+    }
+
+    /// Hashes of every payload received (when recording).
+    pub fn received_hashes(&self) -> HashSet<u64> {
+        self.shared.record().received_hashes.clone()
+    }
+
+    /// Hashes of every payload sent (when recording).
+    pub fn sent_hashes(&self) -> HashSet<u64> {
+        self.shared.record().sent_hashes.clone()
+    }
+
+    /// What was sent, per source kind and layer.
+    pub fn sent(&self) -> BTreeMap<(Kind, Option<Layer>), SentStats> {
+        self.shared.record().sent.clone()
+    }
+
+    /// Tracks the SFU currently forwards to this participant, by track id.
+    pub fn published_tracks(&self) -> HashMap<String, TrackInfo> {
+        self.shared.record().published.clone()
+    }
+
+    /// Error codes the server sent.
+    pub fn errors(&self) -> Vec<String> {
+        self.shared.record().errors.clone()
+    }
+
+    /// Why the server closed the session, once it has.
+    pub fn closed(&self) -> Option<String> {
+        self.shared.record().closed.clone()
+    }
+
+    /// Caps the simulcast layer the SFU forwards for one subscribed track.
+    pub fn set_max_layer(&self, track: &str, layer: Layer) {
+        let _ = self
+            .commands
+            .send(Command::Send(ClientMessage::SetMaxLayer {
+                track: track.to_string(),
+                layer,
+            }));
+    }
+
+    /// Sends `leave`, waits briefly for the server to confirm, and closes everything.
+    pub async fn leave(mut self) {
+        let _ = self.commands.send(Command::Leave);
+        if let Some(signaling) = self.signaling.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), signaling).await;
+        }
+        self.stop_tasks();
+        let _ = self.pc.close().await;
+    }
+
+    /// Drops off without a word, as a crashed client would: only the SFU's own
+    /// timeouts and the closed WebSocket tell it.
+    pub async fn vanish(mut self) {
+        if let Some(signaling) = self.signaling.take() {
+            signaling.abort();
+        }
+        self.stop_tasks();
+        let _ = self.pc.close().await;
+    }
+
+    fn stop_tasks(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        if let Some(signaling) = self.signaling.take() {
+            signaling.abort();
+        }
+        self.stop_tasks();
+    }
+}
+
+/// The polite side of perfect negotiation, plus the WebSocket pump.
+struct Negotiator {
+    pc: Arc<dyn PeerConnection>,
+    shared: Arc<Shared>,
+    making_offer: bool,
+    needs_offer: bool,
+    pending_candidates: Vec<RTCIceCandidateInit>,
+}
+
+impl Negotiator {
+    async fn run(mut self, mut ws: WsStream, mut commands: mpsc::UnboundedReceiver<Command>) {
+        if let Err(e) = self.maybe_offer(&mut ws).await {
+            self.note_error(&e);
+        }
+        loop {
+            tokio::select! {
+                msg = next_message(&mut ws) => {
+                    let msg = match msg {
+                        Ok(Some(msg)) => msg,
+                        Ok(None) | Err(_) => break,
+                    };
+                    if let ServerMessage::Closed { reason } = &msg {
+                        self.shared.record().closed = Some(format!("{reason:?}"));
+                        break;
+                    }
+                    if let Err(e) = self.on_server(&mut ws, msg).await {
+                        self.note_error(&e);
+                    }
+                }
+                cmd = commands.recv() => {
+                    let result = match cmd {
+                        Some(Command::Send(msg)) => send_message(&mut ws, &msg).await,
+                        Some(Command::LocalCandidate(init)) => {
+                            if init.candidate.is_empty() {
+                                continue;
+                            }
+                            let candidate = IceCandidate {
+                                candidate: init.candidate,
+                                sdp_mid: init.sdp_mid,
+                                sdp_mline_index: init.sdp_mline_index,
+                            };
+                            send_message(&mut ws, &ClientMessage::Candidate { candidate }).await
+                        }
+                        Some(Command::Leave) | None => {
+                            let _ = send_message(&mut ws, &ClientMessage::Leave).await;
+                            // Wait for `closed` so the server has torn the session down.
+                            let wait = async {
+                                while let Ok(Some(msg)) = next_message(&mut ws).await {
+                                    if let ServerMessage::Closed { reason } = msg {
+                                        return Some(reason);
+                                    }
+                                }
+                                None
+                            };
+                            if let Ok(Some(reason)) = tokio::time::timeout(Duration::from_secs(5), wait).await {
+                                self.shared.record().closed = Some(format!("{reason:?}"));
+                            }
+                            let _ = ws.close(None).await;
+                            break;
+                        }
+                    };
+                    if result.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.shared.connected.send_replace(false);
+    }
+
+    fn note_error(&self, e: &ParticipantError) {
+        debug!(participant = %self.shared.participant, "negotiation error: {e}");
+        self.shared.record().errors.push(e.to_string());
+    }
+
+    async fn on_server(
+        &mut self,
+        ws: &mut WsStream,
+        msg: ServerMessage,
+    ) -> Result<(), ParticipantError> {
+        match msg {
+            ServerMessage::Offer { sdp } => {
+                if self.making_offer {
+                    // Glare: we are polite; roll back ours, answer theirs, offer again.
+                    let rollback = RTCSessionDescription::rollback(None).map_err(pc_err)?;
+                    self.pc
+                        .set_local_description(rollback)
+                        .await
+                        .map_err(pc_err)?;
+                    self.making_offer = false;
+                    self.needs_offer = true;
+                }
+                let offer = RTCSessionDescription::offer(sdp).map_err(pc_err)?;
+                self.pc
+                    .set_remote_description(offer)
+                    .await
+                    .map_err(pc_err)?;
+                let answer = self.pc.create_answer(None).await.map_err(pc_err)?;
+                self.pc
+                    .set_local_description(answer)
+                    .await
+                    .map_err(pc_err)?;
+                let sdp = self.local_sdp().await;
+                send_message(ws, &ClientMessage::Answer { sdp }).await?;
+                self.mark_removed_tracks().await;
+                self.flush_candidates().await;
+                self.maybe_offer(ws).await?;
+            }
+            ServerMessage::Answer { sdp } => {
+                if !self.making_offer {
+                    return Err(ParticipantError::Protocol("unexpected answer".into()));
+                }
+                let answer = RTCSessionDescription::answer(sdp).map_err(pc_err)?;
+                self.pc
+                    .set_remote_description(answer)
+                    .await
+                    .map_err(pc_err)?;
+                self.making_offer = false;
+                self.shared.negotiated.send_modify(|n| *n += 1);
+                self.flush_candidates().await;
+                self.maybe_offer(ws).await?;
+            }
+            ServerMessage::Candidate { candidate } => {
+                let init = RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    ..Default::default()
+                };
+                if self.pc.remote_description().await.is_none() {
+                    self.pending_candidates.push(init);
+                } else {
+                    self.pc.add_ice_candidate(init).await.map_err(pc_err)?;
+                }
+            }
+            ServerMessage::TrackPublished { track } => {
+                self.shared
+                    .record()
+                    .published
+                    .insert(track.track.clone(), track);
+            }
+            ServerMessage::TrackUnpublished { track } => {
+                self.shared.record().published.remove(&track);
+            }
+            ServerMessage::Error { code, .. } => {
+                self.shared.record().errors.push(code);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// webrtc 0.21 signals no end for a remote track that renegotiation removed (its
+    /// transceiver just stops receiving), so the participant looks for itself.
+    async fn mark_removed_tracks(&self) {
+        let mut removed = Vec::new();
+        for t in self.pc.get_transceivers().await {
+            let receiving = t.current_direction().await.is_ok_and(|d| d.has_recv());
+            if receiving {
+                continue;
+            }
+            if let Ok(Some(receiver)) = t.receiver().await {
+                removed.push(receiver.track().track_id().await);
+            }
+        }
+        let mut record = self.shared.record();
+        for id in removed {
+            if let Some(stats) = record.tracks.get_mut(&id) {
+                stats.ended = true;
+            }
+        }
+    }
+
+    async fn flush_candidates(&mut self) {
+        for init in std::mem::take(&mut self.pending_candidates) {
+            if let Err(e) = self.pc.add_ice_candidate(init).await {
+                self.note_error(&pc_err(e));
+            }
+        }
+    }
+
+    async fn local_sdp(&self) -> String {
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default()
+    }
+
+    async fn maybe_offer(&mut self, ws: &mut WsStream) -> Result<(), ParticipantError> {
+        if !self.needs_offer || self.making_offer {
+            return Ok(());
+        }
+        let offer = self.pc.create_offer(None).await.map_err(pc_err)?;
+        self.pc.set_local_description(offer).await.map_err(pc_err)?;
+        self.making_offer = true;
+        self.needs_offer = false;
+        let sdp = self.local_sdp().await;
+        send_message(ws, &ClientMessage::Offer { sdp }).await
+    }
+}
+
+/// Key-frame requests the SFU sent, per SSRC.
+#[derive(Default)]
+struct KeyframeRequests {
+    pending: Mutex<HashSet<u32>>,
+    any: AtomicBool,
+}
+
+impl KeyframeRequests {
+    fn request(&self, ssrc: u32) {
+        lock(&self.pending).insert(ssrc);
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn take(&self, ssrc: u32) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pending = lock(&self.pending);
+        let hit = pending.remove(&ssrc);
+        if pending.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        hit
+    }
+}
+
+/// Reads RTCP about a local track: PLI/FIR mean "send a key frame now".
+async fn watch_feedback(
+    source: Arc<LocalSource>,
+    requests: Arc<KeyframeRequests>,
+    shared: Arc<Shared>,
+) {
+    while let Some(event) = source.track.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        for p in &packets {
+            let ssrcs: Vec<u32> =
+                if let Some(pli) = p.as_any().downcast_ref::<PictureLossIndication>() {
+                    vec![pli.media_ssrc]
+                } else if let Some(fir) = p.as_any().downcast_ref::<FullIntraRequest>() {
+                    fir.fir.iter().map(|e| e.ssrc).collect()
+                } else {
+                    continue;
+                };
+            for ssrc in ssrcs {
+                if let Some((layer, _)) = source.streams.iter().find(|(_, s)| *s == ssrc) {
+                    requests.request(ssrc);
+                    shared
+                        .record()
+                        .sent
+                        .entry((source.kind, *layer))
+                        .or_default()
+                        .keyframe_requests += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Negotiated payload type and header extension ids for one sender.
+struct SendLeg {
+    payload_type: u8,
+    mid: Option<(u8, Bytes)>,
+    rid: Option<u8>,
+}
+
+async fn negotiated_leg(source: &LocalSource) -> Option<SendLeg> {
+    let params = source.sender.get_parameters().await.ok()?;
+    let mime = codec_for(source.kind).mime_type;
+    let payload_type = params
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))?
+        .payload_type;
+    let ext = |uri: &str| {
+        params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == uri)
+            .and_then(|e| u8::try_from(e.id).ok())
+    };
+    let mut mid_value = None;
+    for t in source.pc.get_transceivers().await {
+        if let Ok(Some(sender)) = t.sender().await
+            && sender.id() == source.sender.id()
+        {
+            mid_value = t
+                .mid()
+                .await
+                .ok()
+                .flatten()
+                .map(|m| Bytes::from(m.into_bytes()));
+        }
+    }
+    Some(SendLeg {
+        payload_type,
+        mid: ext(MID_URI).zip(mid_value),
+        rid: ext(RID_URI),
+    })
+}
+
+struct StreamState {
+    layer: Option<Layer>,
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    counter: u64,
+    picture_id: u16,
+    last_keyframe: Option<Instant>,
+}
+
+/// Sends one source's packets at its rate once the connection is up and our offer
+/// was answered.
+async fn send_media(
+    source: Arc<LocalSource>,
+    requests: Arc<KeyframeRequests>,
+    shared: Arc<Shared>,
+) {
+    let mut connected = shared.connected.subscribe();
+    let mut negotiated = shared.negotiated.subscribe();
+    if connected.wait_for(|c| *c).await.is_err() || negotiated.wait_for(|n| *n > 0).await.is_err() {
+        return;
+    }
+    let leg = loop {
+        match negotiated_leg(&source).await {
+            Some(leg) => break leg,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let sender_hash = participant_hash(&shared.participant);
+    let mut streams: Vec<StreamState> = source
+        .streams
+        .iter()
+        .map(|(layer, ssrc)| StreamState {
+            layer: *layer,
+            ssrc: *ssrc,
+            sequence: rand::random(),
+            timestamp: rand::random(),
+            counter: 0,
+            picture_id: rand::random::<u16>() & 0x7fff,
+            last_keyframe: None,
+        })
+        .collect();
+    let (period, clock_step) = match source.video {
+        None => (
+            Duration::from_secs(1) / AUDIO_PACKETS_PER_SECOND,
+            AUDIO_CLOCK / AUDIO_PACKETS_PER_SECOND,
+        ),
+        Some(v) => {
+            let fps = v.fps.max(1);
+            (Duration::from_secs(1) / fps, VIDEO_CLOCK / fps)
+        }
+    };
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let sent_micros = now_micros();
+        for stream in &mut streams {
+            let payloads = match source.video {
+                None => {
+                    let p = audio_payload(stream.counter, sender_hash, sent_micros);
+                    stream.counter += 1;
+                    vec![p]
+                }
+                Some(v) => {
+                    let requested = requests.take(stream.ssrc);
+                    let key = requested
+                        || stream
+                            .last_keyframe
+                            .is_none_or(|t| now.duration_since(t) >= v.keyframe_interval);
+                    if key {
+                        stream.last_keyframe = Some(now);
+                    }
+                    let fps = u64::from(v.fps.max(1));
+                    let bytes =
+                        usize::try_from(layer_bitrate(v.bitrate_bps, stream.layer) / 8 / fps)
+                            .unwrap_or(usize::MAX);
+                    let frame = Frame {
+                        kind: source.kind,
+                        layer: stream.layer,
+                        key,
+                        bytes,
+                        picture_id: stream.picture_id,
+                        sender: sender_hash,
+                        sent_micros,
+                    };
+                    stream.picture_id = (stream.picture_id + 1) & 0x7fff;
+                    let payloads = packetize(&frame, &mut stream.counter);
+                    let mut record = shared.record();
+                    let s = record.sent.entry((source.kind, stream.layer)).or_default();
+                    s.frames += 1;
+                    s.keyframes += u64::from(key);
+                    payloads
+                }
+            };
+            let count = payloads.len();
+            for (i, payload) in payloads.into_iter().enumerate() {
+                let mut header = Header {
+                    version: 2,
+                    marker: source.video.is_some() && i + 1 == count,
+                    payload_type: leg.payload_type,
+                    sequence_number: stream.sequence,
+                    timestamp: stream.timestamp,
+                    ssrc: stream.ssrc,
+                    ..Default::default()
+                };
+                if let Some((id, mid)) = &leg.mid {
+                    let _ = header.set_extension(*id, mid.clone());
+                }
+                if let (Some(id), Some(layer)) = (leg.rid, stream.layer) {
+                    let _ = header.set_extension(id, Bytes::from_static(layer.rid().as_bytes()));
+                }
+                stream.sequence = stream.sequence.wrapping_add(1);
+                {
+                    let mut record = shared.record();
+                    if shared.record_payloads {
+                        record.sent_hashes.insert(payload_hash(&payload));
+                    }
+                    record
+                        .sent
+                        .entry((source.kind, stream.layer))
+                        .or_default()
+                        .packets += 1;
+                }
+                let packet = rtp::Packet {
+                    header,
+                    payload: Bytes::from(payload),
+                };
+                if source.track.write_rtp(packet).await.is_err() {
+                    return;
+                }
+            }
+            stream.timestamp = stream.timestamp.wrapping_add(clock_step);
+        }
+    }
+}
+
+/// Records every packet of one received track.
+async fn receive_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
+    let id = track.track_id().await;
+    let publisher = track.stream_id().await;
+    {
+        let mut record = shared.record();
+        let stats = record.tracks.entry(id.clone()).or_default();
+        stats.track = id.clone();
+        stats.publisher = publisher;
+        stats.ended = false;
+    }
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                on_packet(&shared, &id, &packet);
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+    if let Some(stats) = shared.record().tracks.get_mut(&id) {
+        stats.ended = true;
+    }
+}
+
+fn on_packet(shared: &Shared, track: &str, packet: &rtp::Packet) {
+    let now = Instant::now();
+    let body = parse_body(&packet.payload);
+    let keyframe = body.is_some_and(|b| b.kind != Kind::Audio) && vp8_is_keyframe(&packet.payload);
+    let hash = shared
+        .record_payloads
+        .then(|| payload_hash(&packet.payload));
+    let mut record = shared.record();
+    if let Some(h) = hash {
+        record.received_hashes.insert(h);
+    }
+    let Some(stats) = record.tracks.get_mut(track) else {
+        return;
+    };
+    stats.packets += 1;
+    stats.payload_bytes += packet.payload.len() as u64;
+    stats.first_packet.get_or_insert(now);
+    let seq = packet.header.sequence_number;
+    if let Some(last) = stats.last_sequence {
+        let step = seq.wrapping_sub(last);
+        if step == 0 || step > u16::MAX / 2 {
+            stats.sequence_reorders += 1;
+        } else {
+            stats.sequence_gaps += u64::from(step - 1);
+        }
+    }
+    if stats
+        .last_sequence
+        .is_none_or(|last| veil_sfu::sequence::seq_newer(seq, last))
+    {
+        stats.last_sequence = Some(seq);
+    }
+    let Some(body) = body else {
+        stats.foreign_payloads += 1;
+        return;
+    };
+    stats.kind = Some(body.kind);
+    if keyframe {
+        stats.keyframes += 1;
+        stats.first_keyframe.get_or_insert(now);
+    }
+    if stats.last_layer != Some(body.layer) {
+        if stats.last_layer.is_some() {
+            stats.layer_switches.push((body.layer, keyframe));
+        }
+        stats.last_layer = Some(body.layer);
+    }
+    *stats.layers.entry(body.layer).or_default() += 1;
+    let range = stats
+        .counters
+        .entry((body.sender, body.layer))
+        .or_insert(CounterRange {
+            first: body.counter,
+            last: body.counter,
+            received: 0,
+        });
+    range.first = range.first.min(body.counter);
+    range.last = range.last.max(body.counter);
+    range.received += 1;
+    let latency = now_micros().saturating_sub(body.sent_micros);
+    stats.latency_sum_micros += latency;
+    stats.latency_max_micros = stats.latency_max_micros.max(latency);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
