@@ -30,11 +30,16 @@ async fn three_participants_each_receive_the_other_two_untouched() {
     let room = new_room(&veil);
     let mut people = Vec::new();
     for name in ["Ann", "Bo", "Cy"] {
-        people.push(
-            Participant::join(participant(&veil, &room, name))
-                .await
-                .expect("join"),
-        );
+        let mut config = participant(&veil, &room, name);
+        if name == "Ann" {
+            // Ann also shares her screen: a second video track from one participant.
+            config.screen = Some(VideoConfig {
+                fps: 5,
+                bitrate_bps: 300_000,
+                ..VideoConfig::default()
+            });
+        }
+        people.push(Participant::join(config).await.expect("join"));
     }
     let ids: Vec<String> = people.iter().map(|p| p.id.clone()).collect();
     wait_until(
@@ -48,6 +53,14 @@ async fn three_participants_each_receive_the_other_two_untouched() {
             })
         },
     )
+    .await;
+    wait_until("Bo and Cy receive Ann's screen", secs(10), || {
+        people[1..].iter().all(|p| {
+            tracks_from(p, &ids[0])
+                .iter()
+                .any(|t| t.kind == Some(Kind::Screen) && t.packets > 5)
+        })
+    })
     .await;
     let first_packet: Vec<Duration> = people
         .iter()
@@ -457,6 +470,46 @@ async fn join_leave_cycles_leave_nothing_behind() {
     wait_until("everything gone", secs(10), || {
         let s = veil.sfu.stats();
         (s.sessions, s.rooms, s.mux_connections, s.mux_addresses) == (0, 0, 0, 0)
+    })
+    .await;
+    veil.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_never_connects_times_out_and_is_torn_down() {
+    use futures::StreamExt;
+    use veil_bench::participant::{open_socket, request_grant};
+
+    let mut config = veil::Config::default();
+    config.signaling.http_addr = "127.0.0.1:0".parse().expect("addr");
+    config.sfu.media_addr = "127.0.0.1:0".parse().expect("addr");
+    config.sfu.connect_timeout = Duration::from_secs(1);
+    let veil = veil::start(&config).await.expect("start");
+    let room = new_room(&veil);
+    let (_, grant, ws_path) = request_grant(&participant(&veil, &room, "Silent"))
+        .await
+        .expect("grant");
+    // Joined, but never offers: no ICE, no DTLS.
+    let (mut ws, _, _) = open_socket(&veil.base_url(), &ws_path, Some(&grant))
+        .await
+        .expect("joined");
+    assert_eq!(veil.sfu.stats().sessions, 1);
+    let closed = within("the session to time out", secs(10), async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Ok(text) = frame.to_text()
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
+                && v["type"] == "closed"
+            {
+                return v["reason"].as_str().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(closed.as_deref(), Some("timeout"));
+    wait_until("nothing left", secs(5), || {
+        let s = veil.sfu.stats();
+        (s.sessions, s.rooms, s.mux_connections) == (0, 0, 0)
     })
     .await;
     veil.stop().await.expect("stop");
