@@ -82,12 +82,13 @@ async fn three_participants_each_receive_the_other_two_untouched() {
     );
 
     for p in &people {
+        // Received first: anything sent after this snapshot cannot be in it.
+        let received = p.received_hashes();
         let others_sent: HashSet<u64> = people
             .iter()
             .filter(|o| o.id != p.id)
             .flat_map(|o| o.sent_hashes())
             .collect();
-        let received = p.received_hashes();
         assert!(!received.is_empty());
         let unknown = received.difference(&others_sent).count();
         assert_eq!(
@@ -462,10 +463,21 @@ async fn join_leave_cycles_leave_nothing_behind() {
         s.sessions == 1 && s.rooms == 1 && s.mux_connections == 1
     })
     .await;
-    wait_until("no task growth", secs(10), || {
-        runtime.metrics().num_alive_tasks() <= baseline_tasks
-    })
-    .await;
+    // A leak per session would add hundreds of tasks; allow a few for pooled HTTP
+    // connections and timers that come and go independently of sessions.
+    const SLACK: usize = 4;
+    let settle = Instant::now();
+    while runtime.metrics().num_alive_tasks() > baseline_tasks + SLACK
+        && settle.elapsed() < secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tasks = runtime.metrics().num_alive_tasks();
+    println!("tasks: {baseline_tasks} before, {tasks} after {CYCLES} cycles");
+    assert!(
+        tasks <= baseline_tasks + SLACK,
+        "tasks grew from {baseline_tasks} to {tasks} over {CYCLES} cycles"
+    );
     resident.leave().await;
     wait_until("everything gone", secs(10), || {
         let s = veil.sfu.stats();
@@ -490,7 +502,7 @@ async fn a_session_that_never_connects_times_out_and_is_torn_down() {
         .await
         .expect("grant");
     // Joined, but never offers: no ICE, no DTLS.
-    let (mut ws, _, _) = open_socket(&veil.base_url(), &ws_path, Some(&grant))
+    let (mut ws, ..) = open_socket(&veil.base_url(), &ws_path, Some(&grant))
         .await
         .expect("joined");
     assert_eq!(veil.sfu.stats().sessions, 1);

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 use veil_sfu::keyframe::vp8_is_keyframe;
 use veil_sfu::{IceCandidate, Layer, TrackInfo};
-use veil_signaling::message::{ClientMessage, ServerMessage};
+use veil_signaling::message::{ClientMessage, MediaState, Peer, ServerMessage};
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -184,6 +184,8 @@ struct Record {
     sent_hashes: HashSet<u64>,
     sent: BTreeMap<(Kind, Option<Layer>), SentStats>,
     published: HashMap<String, TrackInfo>,
+    peers: HashMap<String, Peer>,
+    e2ee: Vec<(String, String)>,
     errors: Vec<String>,
     closed: Option<String>,
 }
@@ -301,12 +303,13 @@ pub async fn request_grant(
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens the WebSocket and presents a grant; returns the socket once `joined` arrives.
+/// Opens the WebSocket and presents a grant; returns the socket, the participant and
+/// room ids and who is already present, once `joined` arrives.
 pub async fn open_socket(
     server: &str,
     ws_path: &str,
     grant: Option<&str>,
-) -> Result<(WsStream, String, String), ParticipantError> {
+) -> Result<(WsStream, String, String, Vec<Peer>), ParticipantError> {
     let ws_url = format!(
         "{}{}",
         server
@@ -327,9 +330,11 @@ pub async fn open_socket(
     .await?;
     loop {
         match next_message(&mut ws).await? {
-            Some(ServerMessage::Joined { participant, room }) => {
-                return Ok((ws, participant, room));
-            }
+            Some(ServerMessage::Joined {
+                participant,
+                room,
+                participants,
+            }) => return Ok((ws, participant, room, participants)),
             Some(ServerMessage::Error { code, message }) => {
                 return Err(ParticipantError::Refused { code, message });
             }
@@ -498,10 +503,16 @@ impl Participant {
         ws_path: &str,
     ) -> Result<Participant, ParticipantError> {
         let joined_at = Instant::now();
-        let (ws, id, room) = open_socket(&config.server, ws_path, Some(grant)).await?;
+        let (ws, id, room, peers) = open_socket(&config.server, ws_path, Some(grant)).await?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            record: Mutex::new(Record::default()),
+            record: Mutex::new(Record {
+                peers: peers
+                    .into_iter()
+                    .map(|p| (p.participant.clone(), p))
+                    .collect(),
+                ..Record::default()
+            }),
             record_payloads: config.record_payloads,
             connected: watch::channel(false).0,
             negotiated: watch::channel(0).0,
@@ -588,6 +599,31 @@ impl Participant {
     /// Tracks the SFU currently forwards to this participant, by track id.
     pub fn published_tracks(&self) -> HashMap<String, TrackInfo> {
         self.shared.record().published.clone()
+    }
+
+    /// The other participants present, by id.
+    pub fn peers(&self) -> HashMap<String, Peer> {
+        self.shared.record().peers.clone()
+    }
+
+    /// Every E2EE blob received: (sender, blob).
+    pub fn e2ee_received(&self) -> Vec<(String, String)> {
+        self.shared.record().e2ee.clone()
+    }
+
+    /// Sends an opaque E2EE blob to one participant, or to everyone else.
+    pub fn send_e2ee(&self, to: Option<&str>, blob: &str) {
+        let _ = self.commands.send(Command::Send(ClientMessage::E2ee {
+            to: to.map(str::to_string),
+            blob: blob.to_string(),
+        }));
+    }
+
+    /// Tells the others about mute, camera, screen and hand state.
+    pub fn set_state(&self, state: MediaState) {
+        let _ = self
+            .commands
+            .send(Command::Send(ClientMessage::State { state }));
     }
 
     /// Error codes the server sent.
@@ -690,7 +726,7 @@ impl Negotiator {
                             send_message(&mut ws, &ClientMessage::Candidate { candidate }).await
                         }
                         Some(Command::Leave) | None => {
-                            let _ = send_message(&mut ws, &ClientMessage::Leave).await;
+                            let _ = send_message(&mut ws, &ClientMessage::Leave {}).await;
                             // Wait for `closed` so the server has torn the session down.
                             let wait = async {
                                 while let Ok(Some(msg)) = next_message(&mut ws).await {
@@ -792,6 +828,28 @@ impl Negotiator {
             }
             ServerMessage::Error { code, .. } => {
                 self.shared.record().errors.push(code);
+            }
+            ServerMessage::ParticipantJoined {
+                participant,
+                display_name,
+            } => {
+                let peer = Peer {
+                    participant: participant.clone(),
+                    display_name,
+                    state: MediaState::default(),
+                };
+                self.shared.record().peers.insert(participant, peer);
+            }
+            ServerMessage::ParticipantLeft { participant } => {
+                self.shared.record().peers.remove(&participant);
+            }
+            ServerMessage::ParticipantState { participant, state } => {
+                if let Some(peer) = self.shared.record().peers.get_mut(&participant) {
+                    peer.state = state;
+                }
+            }
+            ServerMessage::E2ee { from, blob } => {
+                self.shared.record().e2ee.push((from, blob));
             }
             _ => {}
         }

@@ -25,6 +25,9 @@ pub const ERROR_REASONS: &[&str] = &[
     "bad_request",
     "not_found",
     "signal_refused",
+    "unknown_participant",
+    "blob_too_large",
+    "rate_limited",
 ];
 
 #[derive(Debug, thiserror::Error)]

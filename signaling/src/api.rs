@@ -78,6 +78,9 @@ fn from_room_error(e: RoomError) -> ApiError {
             "room_full",
             "the meeting has reached its participant limit",
         ),
+        RoomError::UnknownParticipant => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such participant")
+        }
     }
 }
 

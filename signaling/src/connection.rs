@@ -12,7 +12,9 @@ use tracing::debug;
 use veil_sfu::{SessionId, SessionRequest, SfuSignal};
 
 use crate::Signaling;
-use crate::message::{ClientMessage, MAX_MESSAGE_BYTES, ServerMessage};
+use crate::message::{ClientMessage, MAX_BLOB_BYTES, MAX_MESSAGE_BYTES, ServerMessage};
+use crate::quota::{MessageQuota, Verdict};
+use crate::room::RoomError;
 
 /// `GET /ws`
 pub async fn upgrade(State(state): State<Arc<Signaling>>, ws: WebSocketUpgrade) -> Response {
@@ -39,6 +41,9 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
     let (mut sink, mut stream) = socket.split();
     let mut joined: Option<Joined> = None;
     let mut closed_by_sfu = false;
+    let mut quota = MessageQuota::new(std::time::Instant::now());
+    // Presence and E2EE messages from the room for this participant.
+    let (room_tx, mut room_rx) = mpsc::unbounded_channel::<ServerMessage>();
     loop {
         let next_event = async {
             match joined.as_mut() {
@@ -69,9 +74,27 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                         break;
                     }
                 };
-                match handle(&state, &mut sink, &mut joined, text.as_str()).await {
+                match quota.check(std::time::Instant::now()) {
+                    Verdict::Allow => {}
+                    Verdict::Refuse => {
+                        state.metrics.error("rate_limited");
+                        continue;
+                    }
+                    Verdict::RefuseAndReply => {
+                        state.metrics.error("rate_limited");
+                        let msg = ServerMessage::error("rate_limited", "too many messages; slow down");
+                        if send(&mut sink, &state, &msg).await.is_err() { break; }
+                        continue;
+                    }
+                }
+                match handle(&state, &mut sink, &mut joined, &room_tx, text.as_str()).await {
                     Ok(Next::Continue) => {}
                     Ok(Next::Close) | Err(()) => break,
+                }
+            }
+            Some(msg) = room_rx.recv() => {
+                if send(&mut sink, &state, &msg).await.is_err() {
+                    break;
                 }
             }
             event = next_event => {
@@ -117,6 +140,7 @@ async fn handle<S>(
     state: &Arc<Signaling>,
     sink: &mut S,
     joined: &mut Option<Joined>,
+    room_tx: &mpsc::UnboundedSender<ServerMessage>,
     text: &str,
 ) -> Result<Next, ()>
 where
@@ -158,9 +182,29 @@ where
             }
             match state.sfu.open_session(SessionRequest { room, grant }).await {
                 Ok(opened) => {
+                    let participants =
+                        match state
+                            .rooms
+                            .attach(&opened.room, &opened.participant, room_tx.clone())
+                        {
+                            Ok(peers) => peers,
+                            Err(_) => {
+                                // A valid grant for a room or participant signaling no
+                                // longer knows (expired): nothing to join.
+                                state.sfu.close_session(opened.session).await;
+                                state.metrics.error("not_found");
+                                let msg = ServerMessage::error(
+                                    "not_found",
+                                    "the meeting or participant no longer exists",
+                                );
+                                send(sink, state, &msg).await?;
+                                return Ok(Next::Close);
+                            }
+                        };
                     let reply = ServerMessage::Joined {
                         participant: opened.participant.clone(),
                         room: opened.room.clone(),
+                        participants,
                     };
                     *joined = Some(Joined {
                         session: opened.session,
@@ -179,7 +223,7 @@ where
                 }
             }
         }
-        ClientMessage::Leave => {
+        ClientMessage::Leave {} => {
             match joined.as_ref() {
                 // The session answers with Closed, which ends the loop.
                 Some(j) => state.sfu.close_session(j.session).await,
@@ -187,16 +231,50 @@ where
             }
             Ok(Next::Continue)
         }
-        other => {
+        ClientMessage::E2ee { to, blob } => {
             let Some(j) = joined.as_ref() else {
-                state.metrics.error("not_joined");
+                return not_joined(state, sink).await;
+            };
+            if blob.len() > MAX_BLOB_BYTES {
+                state.metrics.error("blob_too_large");
+                let msg = ServerMessage::error(
+                    "blob_too_large",
+                    format!("an e2ee blob is at most {MAX_BLOB_BYTES} bytes"),
+                );
+                send(sink, state, &msg).await?;
+                return Ok(Next::Continue);
+            }
+            if let Err(e) = state
+                .rooms
+                .relay_e2ee(&j.room, &j.participant, to.as_deref(), blob)
+            {
+                let code = match e {
+                    RoomError::UnknownParticipant => "unknown_participant",
+                    _ => "not_found",
+                };
+                state.metrics.error(code);
+                send(sink, state, &ServerMessage::error(code, e.to_string())).await?;
+            }
+            Ok(Next::Continue)
+        }
+        ClientMessage::State { state: media } => {
+            let Some(j) = joined.as_ref() else {
+                return not_joined(state, sink).await;
+            };
+            if let Err(e) = state.rooms.set_state(&j.room, &j.participant, media) {
+                state.metrics.error("not_found");
                 send(
                     sink,
                     state,
-                    &ServerMessage::error("not_joined", "send a join message first"),
+                    &ServerMessage::error("not_found", e.to_string()),
                 )
                 .await?;
-                return Ok(Next::Continue);
+            }
+            Ok(Next::Continue)
+        }
+        other => {
+            let Some(j) = joined.as_ref() else {
+                return not_joined(state, sink).await;
             };
             if let Some(signal) = other.into_signal()
                 && let Err(e) = state.sfu.signal(j.session, signal).await
@@ -207,4 +285,18 @@ where
             Ok(Next::Continue)
         }
     }
+}
+
+async fn not_joined<S>(state: &Arc<Signaling>, sink: &mut S) -> Result<Next, ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    state.metrics.error("not_joined");
+    send(
+        sink,
+        state,
+        &ServerMessage::error("not_joined", "send a join message first"),
+    )
+    .await?;
+    Ok(Next::Continue)
 }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod connection;
 pub mod message;
+pub mod quota;
 pub mod room;
 
 use std::sync::Arc;

@@ -9,6 +9,26 @@ use veil_sfu::{ClientSignal, CloseReason, IceCandidate, Layer, SfuSignal, TrackI
 
 /// Largest text frame signaling accepts (SDP of a large room fits comfortably).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest E2EE blob relayed (base64 text); key messages are far smaller.
+pub const MAX_BLOB_BYTES: usize = 16 * 1024;
+
+/// What a participant shows the others about its media: all plain flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaState {
+    pub audio_muted: bool,
+    pub video_muted: bool,
+    pub screen_sharing: bool,
+    pub hand_raised: bool,
+}
+
+/// One other participant, as the participant list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub participant: String,
+    pub display_name: String,
+    pub state: MediaState,
+}
 
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +53,17 @@ pub enum ClientMessage {
         track: String,
         layer: Layer,
     },
-    Leave,
+    /// An opaque end-to-end-encrypted blob for one participant (`to`) or for every
+    /// other participant in the room (`to` absent). Signaling never parses `blob`.
+    E2ee {
+        to: Option<String>,
+        blob: String,
+    },
+    /// This participant's mute, camera, screen and hand state changed.
+    State {
+        state: MediaState,
+    },
+    Leave {},
 }
 
 impl ClientMessage {
@@ -45,7 +75,9 @@ impl ClientMessage {
             ClientMessage::Answer { .. } => "answer",
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::SetMaxLayer { .. } => "set_max_layer",
-            ClientMessage::Leave => "leave",
+            ClientMessage::E2ee { .. } => "e2ee",
+            ClientMessage::State { .. } => "state",
+            ClientMessage::Leave {} => "leave",
         }
     }
 
@@ -58,7 +90,10 @@ impl ClientMessage {
             ClientMessage::SetMaxLayer { track, layer } => {
                 Some(ClientSignal::SetMaxLayer { track, layer })
             }
-            ClientMessage::Join { .. } | ClientMessage::Leave => None,
+            ClientMessage::Join { .. }
+            | ClientMessage::E2ee { .. }
+            | ClientMessage::State { .. }
+            | ClientMessage::Leave {} => None,
         }
     }
 }
@@ -71,6 +106,25 @@ pub enum ServerMessage {
     Joined {
         participant: String,
         room: String,
+        /// Everyone else already in the room.
+        #[serde(default)]
+        participants: Vec<Peer>,
+    },
+    ParticipantJoined {
+        participant: String,
+        display_name: String,
+    },
+    ParticipantLeft {
+        participant: String,
+    },
+    ParticipantState {
+        participant: String,
+        state: MediaState,
+    },
+    /// An opaque blob from another participant, relayed as it came.
+    E2ee {
+        from: String,
+        blob: String,
     },
     Offer {
         sdp: String,
@@ -109,6 +163,10 @@ impl ServerMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             ServerMessage::Joined { .. } => "joined",
+            ServerMessage::ParticipantJoined { .. } => "participant_joined",
+            ServerMessage::ParticipantLeft { .. } => "participant_left",
+            ServerMessage::ParticipantState { .. } => "participant_state",
+            ServerMessage::E2ee { .. } => "e2ee",
             ServerMessage::Offer { .. } => "offer",
             ServerMessage::Answer { .. } => "answer",
             ServerMessage::Candidate { .. } => "candidate",
@@ -169,6 +227,10 @@ mod tests {
     fn refuses_unknown_types_and_fields() {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"explode"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"leave","x":1}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"leave"}"#).unwrap(),
+            ClientMessage::Leave {}
+        );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"sdp":"x"}"#).is_err());
         assert!(
             serde_json::from_str::<ClientMessage>(
@@ -176,6 +238,39 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn e2ee_and_state_shapes() {
+        let to_all: ClientMessage =
+            serde_json::from_str(r#"{"type":"e2ee","blob":"AAEC"}"#).unwrap();
+        assert_eq!(
+            to_all,
+            ClientMessage::E2ee {
+                to: None,
+                blob: "AAEC".into()
+            }
+        );
+        assert_eq!(to_all.into_signal(), None);
+        let to_one: ClientMessage =
+            serde_json::from_str(r#"{"type":"e2ee","to":"p1","blob":"x"}"#).unwrap();
+        assert_eq!(to_one.kind(), "e2ee");
+        let state: ClientMessage =
+            serde_json::from_str(r#"{"type":"state","state":{"audio_muted":true}}"#).unwrap();
+        assert_eq!(
+            state,
+            ClientMessage::State {
+                state: MediaState {
+                    audio_muted: true,
+                    ..MediaState::default()
+                }
+            }
+        );
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"state","state":{"muted":1}}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"e2ee","to":"p"}"#).is_err());
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The rooms signaling knows: which ids exist and who joined under which display name.
+//! The rooms signaling knows: which ids exist, who joined under which display name, and
+//! who is present on a WebSocket right now (presence: the participant list, media state
+//! and the relay of opaque E2EE blobs between members of one room).
 //! Held in memory only; a room is forgotten when it expires.
 
 use std::collections::HashMap;
@@ -7,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::message::{MediaState, Peer, ServerMessage};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RoomError {
@@ -16,12 +21,34 @@ pub enum RoomError {
     Full,
     #[error("the room has reached its participant limit")]
     RoomFull,
+    #[error("no such participant in this room")]
+    UnknownParticipant,
+}
+
+struct Member {
+    display_name: String,
+    state: MediaState,
+    /// The member's WebSocket, while it is connected.
+    connection: Option<UnboundedSender<ServerMessage>>,
 }
 
 struct RoomRecord {
     created: Instant,
-    /// participant id → display name, for the participant list.
-    participants: HashMap<String, String>,
+    /// participant id → member, for the participant list and the relay.
+    participants: HashMap<String, Member>,
+}
+
+impl RoomRecord {
+    /// Sends `msg` to every connected member but `except`.
+    fn broadcast(&self, except: &str, msg: &ServerMessage) {
+        for (id, member) in &self.participants {
+            if id != except
+                && let Some(tx) = &member.connection
+            {
+                let _ = tx.send(msg.clone());
+            }
+        }
+    }
 }
 
 pub struct RoomDirectory {
@@ -85,17 +112,114 @@ impl RoomDirectory {
             return Err(RoomError::RoomFull);
         }
         let participant = new_participant_id();
-        record
-            .participants
-            .insert(participant.clone(), display_name.to_string());
+        record.participants.insert(
+            participant.clone(),
+            Member {
+                display_name: display_name.to_string(),
+                state: MediaState::default(),
+                connection: None,
+            },
+        );
         Ok(participant)
     }
 
-    /// Forgets a participant once its session ended.
+    /// Marks a participant present on `connection`: the others hear it joined, and it
+    /// gets the list of those already present.
+    pub fn attach(
+        &self,
+        room: &str,
+        participant: &str,
+        connection: UnboundedSender<ServerMessage>,
+    ) -> Result<Vec<Peer>, RoomError> {
+        let mut rooms = self.rooms();
+        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
+        let member = record
+            .participants
+            .get_mut(participant)
+            .ok_or(RoomError::UnknownParticipant)?;
+        member.connection = Some(connection);
+        let joined = ServerMessage::ParticipantJoined {
+            participant: participant.to_string(),
+            display_name: member.display_name.clone(),
+        };
+        record.broadcast(participant, &joined);
+        let mut peers: Vec<Peer> = record
+            .participants
+            .iter()
+            .filter(|(id, m)| *id != participant && m.connection.is_some())
+            .map(|(id, m)| Peer {
+                participant: id.clone(),
+                display_name: m.display_name.clone(),
+                state: m.state,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.participant.cmp(&b.participant));
+        Ok(peers)
+    }
+
+    /// Forgets a participant once its session ended; the others hear it left.
     pub fn leave(&self, room: &str, participant: &str) {
-        if let Some(record) = self.rooms().get_mut(room) {
-            record.participants.remove(participant);
+        if let Some(record) = self.rooms().get_mut(room)
+            && let Some(member) = record.participants.remove(participant)
+            && member.connection.is_some()
+        {
+            let left = ServerMessage::ParticipantLeft {
+                participant: participant.to_string(),
+            };
+            record.broadcast(participant, &left);
         }
+    }
+
+    /// Records and announces a participant's media state.
+    pub fn set_state(
+        &self,
+        room: &str,
+        participant: &str,
+        state: MediaState,
+    ) -> Result<(), RoomError> {
+        let mut rooms = self.rooms();
+        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
+        let member = record
+            .participants
+            .get_mut(participant)
+            .ok_or(RoomError::UnknownParticipant)?;
+        member.state = state;
+        let msg = ServerMessage::ParticipantState {
+            participant: participant.to_string(),
+            state,
+        };
+        record.broadcast(participant, &msg);
+        Ok(())
+    }
+
+    /// Relays an opaque blob from `from` to one connected member of the same room, or
+    /// to all the others. The blob is passed on as it came, never looked into.
+    pub fn relay_e2ee(
+        &self,
+        room: &str,
+        from: &str,
+        to: Option<&str>,
+        blob: String,
+    ) -> Result<(), RoomError> {
+        let rooms = self.rooms();
+        let record = rooms.get(room).ok_or(RoomError::NotFound)?;
+        let msg = ServerMessage::E2ee {
+            from: from.to_string(),
+            blob,
+        };
+        match to {
+            None => record.broadcast(from, &msg),
+            Some(to) => {
+                let target = record
+                    .participants
+                    .get(to)
+                    .filter(|_| to != from)
+                    .and_then(|m| m.connection.as_ref())
+                    .ok_or(RoomError::UnknownParticipant)?;
+                let _ = target.send(msg);
+            }
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +266,94 @@ mod tests {
         assert!(dir.create(later).is_ok());
         assert_eq!(dir.len(), 1);
         assert_eq!(dir.join("nope", "X", t0), Err(RoomError::NotFound));
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ServerMessage>) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn presence_and_relay_stay_inside_one_room() {
+        use tokio::sync::mpsc::unbounded_channel;
+        let t0 = Instant::now();
+        let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
+        let room = dir.create(t0).unwrap();
+        let other_room = dir.create(t0).unwrap();
+        let ann = dir.join(&room, "Ann", t0).unwrap();
+        let bo = dir.join(&room, "Bo", t0).unwrap();
+        let cy = dir.join(&other_room, "Cy", t0).unwrap();
+        let (ann_tx, mut ann_rx) = unbounded_channel();
+        let (bo_tx, mut bo_rx) = unbounded_channel();
+        let (cy_tx, mut cy_rx) = unbounded_channel();
+        assert!(dir.attach(&room, &ann, ann_tx).unwrap().is_empty());
+        let peers = dir.attach(&room, &bo, bo_tx).unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(
+            (
+                peers[0].participant.as_str(),
+                peers[0].display_name.as_str()
+            ),
+            (ann.as_str(), "Ann")
+        );
+        dir.attach(&other_room, &cy, cy_tx).unwrap();
+        assert_eq!(
+            drain(&mut ann_rx),
+            vec![ServerMessage::ParticipantJoined {
+                participant: bo.clone(),
+                display_name: "Bo".into()
+            }]
+        );
+
+        dir.relay_e2ee(&room, &ann, Some(&bo), "blob-1".into())
+            .unwrap();
+        dir.relay_e2ee(&room, &bo, None, "blob-2".into()).unwrap();
+        assert_eq!(
+            drain(&mut bo_rx),
+            vec![ServerMessage::E2ee {
+                from: ann.clone(),
+                blob: "blob-1".into()
+            }]
+        );
+        assert_eq!(
+            drain(&mut ann_rx),
+            vec![ServerMessage::E2ee {
+                from: bo.clone(),
+                blob: "blob-2".into()
+            }]
+        );
+        // Another room's member is not an addressee, nor is oneself.
+        assert_eq!(
+            dir.relay_e2ee(&room, &ann, Some(&cy), "x".into()),
+            Err(RoomError::UnknownParticipant)
+        );
+        assert_eq!(
+            dir.relay_e2ee(&room, &ann, Some(&ann), "x".into()),
+            Err(RoomError::UnknownParticipant)
+        );
+        assert!(drain(&mut cy_rx).is_empty());
+
+        let muted = MediaState {
+            audio_muted: true,
+            ..MediaState::default()
+        };
+        dir.set_state(&room, &ann, muted).unwrap();
+        assert_eq!(
+            drain(&mut bo_rx),
+            vec![ServerMessage::ParticipantState {
+                participant: ann.clone(),
+                state: muted
+            }]
+        );
+        dir.leave(&room, &bo);
+        assert_eq!(
+            drain(&mut ann_rx),
+            vec![ServerMessage::ParticipantLeft { participant: bo }]
+        );
+        assert!(drain(&mut cy_rx).is_empty());
     }
 
     #[test]

@@ -1,0 +1,210 @@
+//! The WebSocket protocol end to end: presence, the opaque E2EE relay confined to one
+//! room, and bad input (invalid JSON, unknown types, oversized blobs, floods) answered
+//! with typed errors while the connection and the room stay healthy.
+
+mod common;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use veil_bench::participant::{Participant, open_socket, request_grant};
+use veil_signaling::message::MediaState;
+
+use common::*;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A joined raw socket (no peer connection), for protocol-level checks.
+async fn raw_member(veil: &veil::Running, room: &str, name: &str) -> (Ws, String) {
+    let mut config = participant(veil, room, name);
+    config.audio = false;
+    config.video = None;
+    let (_, grant, ws_path) = request_grant(&config).await.expect("grant");
+    let (ws, id, ..) = open_socket(&veil.base_url(), &ws_path, Some(&grant))
+        .await
+        .expect("join");
+    (ws, id)
+}
+
+async fn send_text(ws: &mut Ws, text: String) {
+    ws.send(Message::Text(text.into())).await.expect("send");
+}
+
+/// Next JSON message of the given type, skipping others.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    within(&format!("a {kind} message"), secs(5), async {
+        loop {
+            let frame = ws.next().await.expect("open").expect("frame");
+            if let Message::Text(t) = frame {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                if v["type"] == kind {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_e2ee_relay_stay_in_the_room() {
+    let veil = start_veil().await;
+    let room = new_room(&veil);
+    let elsewhere = new_room(&veil);
+    let ann = Participant::join(participant(&veil, &room, "Ann"))
+        .await
+        .expect("join");
+    let bo = Participant::join(participant(&veil, &room, "Bo"))
+        .await
+        .expect("join");
+    assert_eq!(
+        bo.peers().get(&ann.id).map(|p| p.display_name.as_str()),
+        Some("Ann")
+    );
+    wait_until("Ann hears Bo joined", secs(5), || {
+        ann.peers()
+            .get(&bo.id)
+            .is_some_and(|p| p.display_name == "Bo")
+    })
+    .await;
+
+    ann.send_e2ee(Some(&bo.id), "b3BhcXVlLWtleS1tZXNzYWdl");
+    bo.send_e2ee(None, "dG8tZXZlcnlvbmU");
+    wait_until("blobs relayed as sent", secs(5), || {
+        bo.e2ee_received() == vec![(ann.id.clone(), "b3BhcXVlLWtleS1tZXNzYWdl".into())]
+            && ann.e2ee_received() == vec![(bo.id.clone(), "dG8tZXZlcnlvbmU".into())]
+    })
+    .await;
+
+    // Someone in another room cannot address Bo, nor reach Ann by broadcast.
+    let (mut outsider, _) = raw_member(&veil, &elsewhere, "Eve").await;
+    send_text(
+        &mut outsider,
+        json!({"type": "e2ee", "to": bo.id, "blob": "aW5qZWN0"}).to_string(),
+    )
+    .await;
+    let err = next_of(&mut outsider, "error").await;
+    assert_eq!(err["code"], "unknown_participant");
+    send_text(
+        &mut outsider,
+        json!({"type": "e2ee", "blob": "aW5qZWN0"}).to_string(),
+    )
+    .await;
+    // An oversized blob is refused.
+    send_text(
+        &mut outsider,
+        json!({"type": "e2ee", "blob": "A".repeat(17 * 1024)}).to_string(),
+    )
+    .await;
+    let err = next_of(&mut outsider, "error").await;
+    assert_eq!(err["code"], "blob_too_large");
+
+    let muted = MediaState {
+        audio_muted: true,
+        hand_raised: true,
+        ..MediaState::default()
+    };
+    ann.set_state(muted);
+    wait_until("Bo sees Ann muted", secs(5), || {
+        bo.peers().get(&ann.id).is_some_and(|p| p.state == muted)
+    })
+    .await;
+    assert_eq!(
+        bo.e2ee_received().len(),
+        1,
+        "outsider's blobs reached the room"
+    );
+    assert_eq!(ann.e2ee_received().len(), 1);
+
+    let bo_id = bo.id.clone();
+    bo.leave().await;
+    wait_until("Ann hears Bo left", secs(5), || {
+        !ann.peers().contains_key(&bo_id)
+    })
+    .await;
+    ann.leave().await;
+    veil.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_typed_errors_and_the_room_stays_healthy() {
+    let veil = start_veil().await;
+    let room = new_room(&veil);
+    let ann = Participant::join(participant(&veil, &room, "Ann"))
+        .await
+        .expect("join");
+    let bo = Participant::join(participant(&veil, &room, "Bo"))
+        .await
+        .expect("join");
+    wait_until("media flows", secs(15), || {
+        receives_av_from(&ann, &bo.id, 20) && receives_av_from(&bo, &ann.id, 20)
+    })
+    .await;
+
+    let (mut ws, _) = raw_member(&veil, &room, "Mallory").await;
+    for (input, code) in [
+        ("{not json".to_string(), "malformed_message"),
+        (json!({"type": "explode"}).to_string(), "malformed_message"),
+        (json!({"type": "offer"}).to_string(), "malformed_message"),
+        (
+            json!({"type": "join", "grant": "v1.a.b"}).to_string(),
+            "already_joined",
+        ),
+        (
+            json!({"type": "set_max_layer", "track": "nope", "layer": "q"}).to_string(),
+            "unknown_track",
+        ),
+    ] {
+        send_text(&mut ws, input.clone()).await;
+        let err = next_of(&mut ws, "error").await;
+        assert_eq!(err["code"], code, "for {input}");
+    }
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .expect("send");
+    assert_eq!(next_of(&mut ws, "error").await["code"], "malformed_message");
+
+    // A flood: far past the burst, answered with one rate_limited reply, then silence.
+    for _ in 0..400 {
+        send_text(&mut ws, json!({"type": "state", "state": {}}).to_string()).await;
+    }
+    assert_eq!(next_of(&mut ws, "error").await["code"], "rate_limited");
+    let text = veil.metrics.render();
+    assert!(text.contains(r#"veil_errors_total{reason="rate_limited"}"#));
+    assert!(text.contains(r#"veil_errors_total{reason="malformed_message"} 4"#));
+
+    // The flooding connection is still usable once it slows down.
+    tokio::time::sleep(secs(2)).await;
+    send_text(&mut ws, "{not json".to_string()).await;
+    assert_eq!(next_of(&mut ws, "error").await["code"], "malformed_message");
+
+    // And the room kept flowing throughout.
+    let before = packets_from(&bo, &ann.id);
+    wait_until("media still flows", secs(5), || {
+        packets_from(&bo, &ann.id) > before + 50
+    })
+    .await;
+    assert!(ann.errors().is_empty() && bo.errors().is_empty());
+
+    // An oversized frame ends only that connection.
+    let _ = ws.send(Message::Text("x".repeat(70 * 1024).into())).await;
+    let ended = within("oversized frame closes the socket", secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended);
+    let before = packets_from(&bo, &ann.id);
+    wait_until("media still flows", secs(5), || {
+        packets_from(&bo, &ann.id) > before + 50
+    })
+    .await;
+    ann.leave().await;
+    bo.leave().await;
+    veil.stop().await.expect("stop");
+}
