@@ -5,6 +5,11 @@
 //! below (direction, kind, message type, reason, outcome) — never a room, participant,
 //! account, IP address or user agent — so a metric can never identify anyone (P2).
 
+pub mod process;
+pub mod record;
+
+pub use record::ConnectionRecord;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -34,9 +39,15 @@ pub const ERROR_REASONS: &[&str] = &[
 #[error("metric registration failed: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
+/// Values the `kind` label takes.
+pub const KINDS: &[&str] = &["audio", "video"];
+/// Values the `direction` label takes.
+pub const DIRECTIONS: &[&str] = &["in", "out"];
+
 /// Handles to every metric; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    process: Registry,
     /// Inputs refused, by reason.
     pub errors: IntCounterVec,
     /// WebSocket messages by direction (in/out) and message type.
@@ -44,104 +55,289 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     pub http_requests: IntCounterVec,
     pub rooms_created: IntCounter,
+    /// Rooms signaling holds open.
+    pub rooms_open: IntGauge,
+    /// Participants present on a WebSocket, across all rooms.
+    pub participants: IntGauge,
+    /// Rooms the SFU forwards media in.
+    pub sfu_rooms: IntGauge,
     pub sessions_started: IntCounter,
     pub sessions_ended: IntCounterVec,
     pub sessions_live: IntGauge,
     /// Admission to connected peer connection.
     pub connect_seconds: Histogram,
+    /// Grant presented to the first media packet forwarded to or from the session.
+    pub join_seconds: Histogram,
+    pub session_seconds: Histogram,
+    /// RTP received from publishers, by kind.
+    pub rtp_received_packets: IntCounterVec,
+    pub rtp_received_bytes: IntCounterVec,
+    /// RTP sent to subscribers, by kind.
     pub rtp_forwarded_packets: IntCounterVec,
     pub rtp_forwarded_bytes: IntCounterVec,
+    /// Every UDP packet and byte of media transport (RTP, RTCP, DTLS, STUN) by direction.
+    pub transport_packets: IntCounterVec,
+    pub transport_bytes: IntCounterVec,
+    /// RTCP feedback by direction and type (pli, fir, nack).
+    pub rtcp_feedback: IntCounterVec,
+    pub retransmitted_packets: IntCounterVec,
+    /// Receive to send inside the SFU, per forwarded packet.
+    pub forwarding_seconds: Histogram,
+    /// Loss, jitter and round-trip time as subscribers report them.
+    pub receiver_loss_ratio: Histogram,
+    pub receiver_jitter_seconds: Histogram,
+    pub rtt_seconds: Histogram,
+    /// Simulcast layer switches, up or down.
+    pub layer_switches: IntCounterVec,
     pub keyframe_requests: IntCounter,
 }
 
+/// Creates a metric and registers it, so each is named once.
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<T, prometheus::Error>,
+) -> Result<T, MetricsError> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+}
+
+fn counter_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+/// Forwarding latency buckets: 10 µs to 50 ms.
+pub const FORWARDING_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+];
+
 impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
-        let registry = Registry::new_custom(Some("veil".into()), None)?;
-        let errors = IntCounterVec::new(
-            Opts::new("errors_total", "Inputs refused, by reason"),
-            &["reason"],
-        )?;
-        let ws_messages = IntCounterVec::new(
-            Opts::new(
-                "ws_messages_total",
-                "WebSocket messages by direction and type",
-            ),
-            &["direction", "type"],
-        )?;
-        let ws_connections = IntGauge::new("ws_connections", "Open WebSocket connections")?;
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP API requests by route and status class",
-            ),
-            &["route", "status"],
-        )?;
-        let rooms_created = IntCounter::new("rooms_created_total", "Rooms created")?;
-        let sessions_started =
-            IntCounter::new("sfu_sessions_started_total", "Media sessions admitted")?;
-        let sessions_ended = IntCounterVec::new(
-            Opts::new(
-                "sfu_sessions_ended_total",
-                "Media sessions ended, by reason",
-            ),
-            &["reason"],
-        )?;
-        let sessions_live =
-            IntGauge::new("sfu_sessions", "Media sessions holding a peer connection")?;
-        let connect_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "sfu_connect_seconds",
-                "Time from admission to a connected peer connection",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-        )?;
-        let rtp_forwarded_packets = IntCounterVec::new(
-            Opts::new(
-                "sfu_rtp_forwarded_packets_total",
-                "RTP packets sent to subscribers",
-            ),
-            &["kind"],
-        )?;
-        let rtp_forwarded_bytes = IntCounterVec::new(
-            Opts::new(
-                "sfu_rtp_forwarded_bytes_total",
-                "RTP payload bytes sent to subscribers",
-            ),
-            &["kind"],
-        )?;
-        let keyframe_requests = IntCounter::new(
-            "sfu_keyframe_requests_total",
-            "Key frame requests (PLI) sent to publishers after throttling",
-        )?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(ws_messages.clone()))?;
-        registry.register(Box::new(ws_connections.clone()))?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(rooms_created.clone()))?;
-        registry.register(Box::new(sessions_started.clone()))?;
-        registry.register(Box::new(sessions_ended.clone()))?;
-        registry.register(Box::new(sessions_live.clone()))?;
-        registry.register(Box::new(connect_seconds.clone()))?;
-        registry.register(Box::new(rtp_forwarded_packets.clone()))?;
-        registry.register(Box::new(rtp_forwarded_bytes.clone()))?;
-        registry.register(Box::new(keyframe_requests.clone()))?;
-        Ok(Metrics {
-            registry,
-            errors,
-            ws_messages,
-            ws_connections,
-            http_requests,
-            rooms_created,
-            sessions_started,
-            sessions_ended,
-            sessions_live,
-            connect_seconds,
-            rtp_forwarded_packets,
-            rtp_forwarded_bytes,
-            keyframe_requests,
-        })
+        let r = Registry::new_custom(Some("veil".into()), None)?;
+        let process = Registry::new();
+        process.register(Box::new(process::ProcessCollector::new()?))?;
+        let m = Metrics {
+            errors: reg(
+                &r,
+                counter_vec("errors_total", "Inputs refused, by reason", &["reason"]),
+            )?,
+            ws_messages: reg(
+                &r,
+                counter_vec(
+                    "ws_messages_total",
+                    "WebSocket messages by direction and type",
+                    &["direction", "type"],
+                ),
+            )?,
+            ws_connections: reg(
+                &r,
+                IntGauge::new("ws_connections", "Open WebSocket connections"),
+            )?,
+            http_requests: reg(
+                &r,
+                counter_vec(
+                    "http_requests_total",
+                    "HTTP API requests by route and status class",
+                    &["route", "status"],
+                ),
+            )?,
+            rooms_created: reg(&r, IntCounter::new("rooms_created_total", "Rooms created"))?,
+            rooms_open: reg(&r, IntGauge::new("rooms", "Rooms signaling holds open"))?,
+            participants: reg(
+                &r,
+                IntGauge::new("participants", "Participants present on a WebSocket"),
+            )?,
+            sfu_rooms: reg(
+                &r,
+                IntGauge::new("sfu_rooms", "Rooms with media sessions on this SFU"),
+            )?,
+            sessions_started: reg(
+                &r,
+                IntCounter::new("sfu_sessions_started_total", "Media sessions admitted"),
+            )?,
+            sessions_ended: reg(
+                &r,
+                counter_vec(
+                    "sfu_sessions_ended_total",
+                    "Media sessions ended, by reason",
+                    &["reason"],
+                ),
+            )?,
+            sessions_live: reg(
+                &r,
+                IntGauge::new("sfu_sessions", "Media sessions holding a peer connection"),
+            )?,
+            connect_seconds: reg(
+                &r,
+                histogram(
+                    "sfu_connect_seconds",
+                    "Time from admission to a connected peer connection",
+                    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                ),
+            )?,
+            join_seconds: reg(
+                &r,
+                histogram(
+                    "sfu_join_seconds",
+                    "Time from the grant presented to the first media packet forwarded to or from the session",
+                    &[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0],
+                ),
+            )?,
+            session_seconds: reg(
+                &r,
+                histogram(
+                    "sfu_session_duration_seconds",
+                    "Length of media sessions",
+                    &[
+                        10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                    ],
+                ),
+            )?,
+            rtp_received_packets: reg(
+                &r,
+                counter_vec(
+                    "sfu_rtp_received_packets_total",
+                    "RTP packets received from publishers",
+                    &["kind"],
+                ),
+            )?,
+            rtp_received_bytes: reg(
+                &r,
+                counter_vec(
+                    "sfu_rtp_received_bytes_total",
+                    "RTP payload bytes received from publishers",
+                    &["kind"],
+                ),
+            )?,
+            rtp_forwarded_packets: reg(
+                &r,
+                counter_vec(
+                    "sfu_rtp_forwarded_packets_total",
+                    "RTP packets sent to subscribers",
+                    &["kind"],
+                ),
+            )?,
+            rtp_forwarded_bytes: reg(
+                &r,
+                counter_vec(
+                    "sfu_rtp_forwarded_bytes_total",
+                    "RTP payload bytes sent to subscribers",
+                    &["kind"],
+                ),
+            )?,
+            transport_packets: reg(
+                &r,
+                counter_vec(
+                    "sfu_transport_packets_total",
+                    "UDP packets of media transport (RTP, RTCP, DTLS, STUN) by direction",
+                    &["direction"],
+                ),
+            )?,
+            transport_bytes: reg(
+                &r,
+                counter_vec(
+                    "sfu_transport_bytes_total",
+                    "UDP bytes of media transport (RTP, RTCP, DTLS, STUN) by direction",
+                    &["direction"],
+                ),
+            )?,
+            rtcp_feedback: reg(
+                &r,
+                counter_vec(
+                    "sfu_rtcp_feedback_total",
+                    "RTCP feedback messages by direction (in from subscribers, out to publishers) and type",
+                    &["direction", "type"],
+                ),
+            )?,
+            retransmitted_packets: reg(
+                &r,
+                counter_vec(
+                    "sfu_retransmitted_packets_total",
+                    "RTP retransmissions (NACK answered) by direction",
+                    &["direction"],
+                ),
+            )?,
+            forwarding_seconds: reg(
+                &r,
+                histogram(
+                    "sfu_forwarding_latency_seconds",
+                    "Time from receiving an RTP packet to handing it to a subscriber's transport",
+                    FORWARDING_BUCKETS,
+                ),
+            )?,
+            receiver_loss_ratio: reg(
+                &r,
+                histogram(
+                    "sfu_receiver_loss_ratio",
+                    "Fraction of packets lost as subscribers report it (RTCP receiver reports)",
+                    &[0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
+                ),
+            )?,
+            receiver_jitter_seconds: reg(
+                &r,
+                histogram(
+                    "sfu_receiver_jitter_seconds",
+                    "Interarrival jitter as subscribers report it",
+                    &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5],
+                ),
+            )?,
+            rtt_seconds: reg(
+                &r,
+                histogram(
+                    "sfu_rtt_seconds",
+                    "Round-trip time between the SFU and its peers",
+                    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
+                ),
+            )?,
+            layer_switches: reg(
+                &r,
+                counter_vec(
+                    "sfu_layer_switches_total",
+                    "Simulcast layer switches by direction",
+                    &["direction"],
+                ),
+            )?,
+            keyframe_requests: reg(
+                &r,
+                IntCounter::new(
+                    "sfu_keyframe_requests_total",
+                    "Key frame requests (PLI) sent to publishers after throttling",
+                ),
+            )?,
+            registry: r,
+            process,
+        };
+        // Every fixed label value exists from the start, so dashboards show zeros
+        // rather than gaps.
+        for reason in ERROR_REASONS {
+            m.errors.with_label_values(&[reason]);
+        }
+        for kind in KINDS {
+            m.rtp_received_packets.with_label_values(&[kind]);
+            m.rtp_received_bytes.with_label_values(&[kind]);
+            m.rtp_forwarded_packets.with_label_values(&[kind]);
+            m.rtp_forwarded_bytes.with_label_values(&[kind]);
+        }
+        for direction in DIRECTIONS {
+            m.transport_packets.with_label_values(&[direction]);
+            m.transport_bytes.with_label_values(&[direction]);
+            m.retransmitted_packets.with_label_values(&[direction]);
+            for t in ["pli", "fir", "nack"] {
+                m.rtcp_feedback.with_label_values(&[direction, t]);
+            }
+        }
+        for d in ["up", "down"] {
+            m.layer_switches.with_label_values(&[d]);
+        }
+        Ok(m)
     }
 
     /// Counts a refused input. Unknown reasons are folded into `bad_request` so a
@@ -155,11 +351,13 @@ impl Metrics {
         self.errors.with_label_values(&[reason]).inc();
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Prometheus text exposition of every metric, process metrics included.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 

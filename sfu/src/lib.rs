@@ -12,6 +12,7 @@ pub mod feedback;
 pub mod forwarder;
 pub mod grant;
 pub mod keyframe;
+pub mod metadata;
 pub mod participant;
 pub mod room;
 pub mod sequence;
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{self, UnboundedSender};
@@ -145,6 +146,7 @@ impl SfuInner {
         if room.is_empty() && rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
             rooms.remove(&room.id);
         }
+        self.metrics.sfu_rooms.set(rooms.len() as i64);
     }
 }
 
@@ -292,6 +294,7 @@ impl Sfu {
 #[async_trait::async_trait]
 impl SfuControl for Sfu {
     async fn open_session(&self, request: SessionRequest) -> Result<SessionOpened, SfuError> {
+        let presented = Instant::now();
         let grant = self
             .inner
             .verifier
@@ -309,12 +312,15 @@ impl SfuControl for Sfu {
         let (pc, driver_addrs) = self.build_peer_connection(cmd_tx.clone()).await?;
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let room = self
-            .inner
-            .rooms()
-            .entry(grant.room.clone())
-            .or_insert_with(|| Arc::new(Room::new(grant.room.clone())))
-            .clone();
+        let room = {
+            let mut rooms = self.inner.rooms();
+            let room = rooms
+                .entry(grant.room.clone())
+                .or_insert_with(|| Arc::new(Room::new(grant.room.clone())))
+                .clone();
+            self.inner.metrics.sfu_rooms.set(rooms.len() as i64);
+            room
+        };
         let live = {
             let mut sessions = self.inner.sessions();
             sessions.insert(
@@ -352,6 +358,7 @@ impl SfuControl for Sfu {
             cmd_tx,
             driver_addrs,
             self.inner.announced,
+            presented,
         );
         tokio::spawn(actor.run(cmd_rx, self.inner.config.connect_timeout));
         debug!(session, "session opened");

@@ -19,7 +19,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription,
+    RTCPeerConnectionState, RTCSessionDescription, StatsSelector,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -30,12 +30,16 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use crate::SfuInner;
+use crate::metadata::{SessionMetadata, read_report};
 use crate::room::Room;
 use crate::signal::{
     ClientSignal, CloseReason, IceCandidate, Layer, MediaKind, SessionId, SfuSignal,
 };
-use crate::track::{Consumer, LegParameters, Producer};
+use crate::track::{Consumer, JoinClock, LegParameters, Producer};
 use crate::udp_mux;
+
+/// How often a session's connection statistics feed the metrics.
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Commands a session's actor handles, in arrival order.
 pub enum SessionCmd {
@@ -90,6 +94,8 @@ pub struct Session {
     pub driver_addrs: Vec<std::net::SocketAddr>,
     pub announced: std::net::SocketAddr,
     pub started: Instant,
+    join: Arc<JoinClock>,
+    metadata: SessionMetadata,
     offer_pending: bool,
     needs_offer: bool,
     connected: bool,
@@ -111,6 +117,7 @@ impl Session {
         commands: UnboundedSender<SessionCmd>,
         driver_addrs: Vec<std::net::SocketAddr>,
         announced: std::net::SocketAddr,
+        started: Instant,
     ) -> Self {
         Session {
             id,
@@ -123,7 +130,9 @@ impl Session {
             commands,
             driver_addrs,
             announced,
-            started: Instant::now(),
+            started,
+            join: Arc::new(JoinClock::new(started)),
+            metadata: SessionMetadata::new(std::time::SystemTime::now(), started),
             offer_pending: false,
             needs_offer: false,
             connected: false,
@@ -141,10 +150,16 @@ impl Session {
     ) {
         let deadline = tokio::time::sleep(connect_timeout);
         tokio::pin!(deadline);
+        let mut sampling = tokio::time::interval(STATS_INTERVAL);
+        sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             let cmd = tokio::select! {
                 cmd = commands.recv() => cmd,
                 () = &mut deadline, if !self.connected => break CloseReason::Timeout,
+                _ = sampling.tick() => {
+                    self.sample_stats().await;
+                    continue;
+                }
             };
             let Some(cmd) = cmd else {
                 break CloseReason::Left;
@@ -180,6 +195,18 @@ impl Session {
             SessionCmd::Close(reason) => return Some(reason),
         }
         None
+    }
+
+    async fn sample_stats(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let Some(sfu) = self.sfu.upgrade() else {
+            return;
+        };
+        let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        let (totals, quality) = read_report(&report);
+        self.metadata.sample(&sfu.metrics, totals, &quality);
     }
 
     async fn emit(&self, signal: SfuSignal) {
@@ -436,6 +463,7 @@ impl Session {
             &producer,
             track.clone(),
             out_ssrc,
+            self.join.clone(),
         ));
         producer.add_consumer(consumer.clone());
         let rtcp_task = tokio::spawn(relay_feedback(track, consumer.clone()));
@@ -498,6 +526,7 @@ impl Session {
             self.pc.clone(),
             self.room.clone(),
             sfu.metrics.clone(),
+            self.join.clone(),
         ));
         self.producer_tasks.push(task);
     }
@@ -512,10 +541,19 @@ impl Session {
         for task in self.producer_tasks.drain(..) {
             task.abort();
         }
+        self.sample_stats().await;
+        let record = self.metadata.record(std::time::SystemTime::now());
+        if let Some(sfu) = self.sfu.upgrade() {
+            record.observe(&sfu.metrics);
+        }
         if let Err(e) = self.pc.close().await {
             debug!(session = self.id, "close failed: {e}");
         }
-        self.emit(SfuSignal::Closed { reason }).await;
+        self.emit(SfuSignal::Closed {
+            reason,
+            record: Some(record),
+        })
+        .await;
         if let Some(sfu) = self.sfu.upgrade() {
             sfu.session_ended(self.id, &self.room, reason);
         }
@@ -555,6 +593,7 @@ async fn relay_feedback(track: Arc<TrackLocalStaticRTP>, consumer: Arc<Consumer>
 
 /// Reads one published track: registers it in the room on its first packet, forwards
 /// every packet, and unpublishes it when the track ends.
+#[allow(clippy::too_many_arguments)]
 async fn run_producer(
     id: String,
     publisher: String,
@@ -563,6 +602,7 @@ async fn run_producer(
     pc: Arc<dyn PeerConnection>,
     room: Arc<Room>,
     metrics: Arc<veil_metrics::Metrics>,
+    join: Arc<JoinClock>,
 ) {
     let mut producer: Option<Arc<Producer>> = None;
     while let Some(event) = track.poll().await {
@@ -598,6 +638,7 @@ async fn run_producer(
                     extensions,
                     track.clone(),
                     metrics.clone(),
+                    join.clone(),
                 ));
                 p.add_stream(init.ssrc, init.rid.as_deref());
                 for member in room.add_producer(p.clone()) {

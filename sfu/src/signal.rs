@@ -126,7 +126,7 @@ impl CloseReason {
 }
 
 /// What the SFU tells a client's signaling connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SfuSignal {
     Offer {
@@ -149,8 +149,11 @@ pub enum SfuSignal {
         code: String,
         message: String,
     },
+    /// The session ended; `record` is its connection metadata (timing and sizes only).
     Closed {
         reason: CloseReason,
+        #[serde(default)]
+        record: Option<veil_metrics::ConnectionRecord>,
     },
 }
 

@@ -37,6 +37,30 @@ const FORWARDED_EXTENSIONS: &[&str] = &[
     "urn:3gpp:video-orientation",
 ];
 
+/// Marks a session's first forwarded media packet (to or from it), for the join-time
+/// histogram: from the grant presented to media flowing.
+pub struct JoinClock {
+    started: Instant,
+    done: AtomicBool,
+}
+
+impl JoinClock {
+    pub fn new(started: Instant) -> Self {
+        JoinClock {
+            started,
+            done: AtomicBool::new(false),
+        }
+    }
+
+    pub fn media_flowed(&self, metrics: &Metrics) {
+        if !self.done.load(Ordering::Relaxed) && !self.done.swap(true, Ordering::AcqRel) {
+            metrics
+                .join_seconds
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CodecFamily {
     Vp8,
@@ -87,6 +111,7 @@ pub struct Producer {
     family: CodecFamily,
     remote: Arc<dyn TrackRemote>,
     metrics: Arc<Metrics>,
+    join: Arc<JoinClock>,
     table: Mutex<LayerTable>,
     consumers: RwLock<Vec<Arc<Consumer>>>,
 }
@@ -104,6 +129,7 @@ impl Producer {
         extensions: Vec<(String, u8)>,
         remote: Arc<dyn TrackRemote>,
         metrics: Arc<Metrics>,
+        join: Arc<JoinClock>,
     ) -> Self {
         let family = CodecFamily::of(&codec.mime_type);
         Producer {
@@ -117,6 +143,7 @@ impl Producer {
             family,
             remote,
             metrics,
+            join,
             table: Mutex::new(LayerTable::default()),
             consumers: RwLock::new(Vec::new()),
         }
@@ -193,6 +220,18 @@ impl Producer {
     /// Forwards one incoming packet to every ready consumer.
     pub async fn forward(&self, packet: rtp::Packet) {
         let now = Instant::now();
+        let kind = match self.kind {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        };
+        self.metrics
+            .rtp_received_packets
+            .with_label_values(&[kind])
+            .inc();
+        self.metrics
+            .rtp_received_bytes
+            .with_label_values(&[kind])
+            .inc_by(packet.payload.len() as u64);
         let (layer, available) = {
             let mut table = lock(&self.table);
             let Some(layer) = table.by_ssrc.get(&packet.header.ssrc).copied() else {
@@ -204,27 +243,33 @@ impl Producer {
         let is_video = self.kind == MediaKind::Video;
         let keyframe = is_video && self.family.is_keyframe(&packet.payload);
         let consumers: Vec<Arc<Consumer>> = read(&self.consumers).clone();
-        let kind = match self.kind {
-            MediaKind::Audio => "audio",
-            MediaKind::Video => "video",
-        };
         let (mut packets, mut bytes) = (0u64, 0u64);
         for consumer in consumers {
-            let (out, wants) =
-                consumer.prepare(&packet, layer, keyframe, is_video, &available, now);
-            if let Some(out) = out {
+            let prepared = consumer.prepare(&packet, layer, keyframe, is_video, &available, now);
+            if let Some(direction) = prepared.switched {
+                self.metrics
+                    .layer_switches
+                    .with_label_values(&[direction])
+                    .inc();
+            }
+            if let Some(out) = prepared.packet {
                 let len = out.payload.len() as u64;
                 // A closed subscriber leg errors here; its session is being torn down.
                 if consumer.track.write_rtp(out).await.is_ok() {
                     packets += 1;
                     bytes += len;
+                    self.metrics
+                        .forwarding_seconds
+                        .observe(now.elapsed().as_secs_f64());
+                    consumer.join.media_flowed(&self.metrics);
                 }
             }
-            if let Some(wanted) = wants {
+            if let Some(wanted) = prepared.wants_keyframe {
                 self.request_keyframe(wanted, now).await;
             }
         }
         if packets > 0 {
+            self.join.media_flowed(&self.metrics);
             self.metrics
                 .rtp_forwarded_packets
                 .with_label_values(&[kind])
@@ -270,11 +315,21 @@ struct ConsumerState {
     leg: Option<LegParameters>,
 }
 
+/// What [`Consumer::prepare`] decided for one packet.
+struct Prepared {
+    packet: Option<rtp::Packet>,
+    /// The layer a key frame is needed on, if any.
+    wants_keyframe: Option<Option<Layer>>,
+    /// `up` or `down` when this packet switched simulcast layers.
+    switched: Option<&'static str>,
+}
+
 /// One published track as forwarded to one subscriber.
 pub struct Consumer {
     pub subscriber: String,
     pub producer: Weak<Producer>,
     pub track: Arc<TrackLocalStaticRTP>,
+    join: Arc<JoinClock>,
     ready: AtomicBool,
     state: Mutex<ConsumerState>,
 }
@@ -285,11 +340,13 @@ impl Consumer {
         producer: &Arc<Producer>,
         track: Arc<TrackLocalStaticRTP>,
         out_ssrc: u32,
+        join: Arc<JoinClock>,
     ) -> Self {
         Consumer {
             subscriber,
             producer: Arc::downgrade(producer),
             track,
+            join,
             ready: AtomicBool::new(false),
             state: Mutex::new(ConsumerState {
                 forward: ForwardState::new(out_ssrc, producer.codec.clock_rate, Layer::Full),
@@ -329,7 +386,7 @@ impl Consumer {
     }
 
     /// Decides and rewrites one packet for this subscriber; also reports the layer a
-    /// key frame is needed on, if any.
+    /// key frame is needed on and whether the layer switched.
     fn prepare(
         &self,
         packet: &rtp::Packet,
@@ -338,14 +395,20 @@ impl Consumer {
         is_video: bool,
         available: &[Layer],
         now: Instant,
-    ) -> (Option<rtp::Packet>, Option<Option<Layer>>) {
+    ) -> Prepared {
+        let mut prepared = Prepared {
+            packet: None,
+            wants_keyframe: None,
+            switched: None,
+        };
         if !self.is_ready() {
-            return (None, None);
+            return prepared;
         }
         let mut state = lock(&self.state);
         let Some(leg) = state.leg.clone() else {
-            return (None, None);
+            return prepared;
         };
+        let before = state.forward.selector.current();
         let h = &packet.header;
         let rewritten = state.forward.on_packet(
             layer,
@@ -357,14 +420,19 @@ impl Consumer {
             h.timestamp,
             now,
         );
-        let wants = if is_video {
+        prepared.wants_keyframe = if is_video {
             state.forward.selector.wants_keyframe(available)
         } else {
             None
         };
+        if let (Some(Some(from)), Some(Some(to))) = (before, state.forward.selector.current())
+            && from != to
+        {
+            prepared.switched = Some(if to > from { "up" } else { "down" });
+        }
         drop(state);
         let Some(r) = rewritten else {
-            return (None, wants);
+            return prepared;
         };
         let extensions: Vec<Extension> = h
             .extensions
@@ -397,14 +465,12 @@ impl Consumer {
             extensions,
             ..Default::default()
         };
-        (
-            Some(rtp::Packet {
-                header,
-                // Same bytes, shared by reference: the SFU never alters a payload.
-                payload: packet.payload.clone(),
-            }),
-            wants,
-        )
+        prepared.packet = Some(rtp::Packet {
+            header,
+            // Same bytes, shared by reference: the SFU never alters a payload.
+            payload: packet.payload.clone(),
+        });
+        prepared
     }
 }
 

@@ -194,6 +194,9 @@ pub async fn healthz(State(state): State<Arc<Signaling>>) -> Json<impl Serialize
 
 /// `GET /metrics`
 pub async fn metrics(State(state): State<Arc<Signaling>>) -> Response {
+    // Directory gauges are read when scraped rather than tracked at every change.
+    state.metrics.rooms_open.set(state.rooms.len() as i64);
+    state.metrics.participants.set(state.rooms.present() as i64);
     (
         [(header::CONTENT_TYPE, veil_metrics::Metrics::content_type())],
         state.metrics.render(),

@@ -187,7 +187,8 @@ impl From<SfuSignal> for ServerMessage {
             SfuSignal::TrackPublished { track } => ServerMessage::TrackPublished { track },
             SfuSignal::TrackUnpublished { track } => ServerMessage::TrackUnpublished { track },
             SfuSignal::Error { code, message } => ServerMessage::Error { code, message },
-            SfuSignal::Closed { reason } => ServerMessage::Closed { reason },
+            // The connection record is for Veil's own bookkeeping, not the client.
+            SfuSignal::Closed { reason, .. } => ServerMessage::Closed { reason },
         }
     }
 }
@@ -280,6 +281,7 @@ mod tests {
         assert_eq!(json["code"], "grant_expired");
         let closed = serde_json::to_value(ServerMessage::from(SfuSignal::Closed {
             reason: CloseReason::Left,
+            record: None,
         }))
         .unwrap();
         assert_eq!(closed, serde_json::json!({"type":"closed","reason":"left"}));

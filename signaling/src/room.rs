@@ -226,6 +226,15 @@ impl RoomDirectory {
         self.rooms().len()
     }
 
+    /// Participants connected on a WebSocket, across all rooms.
+    pub fn present(&self) -> usize {
+        self.rooms()
+            .values()
+            .flat_map(|r| r.participants.values())
+            .filter(|m| m.connection.is_some())
+            .count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rooms().is_empty()
     }
