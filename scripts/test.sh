@@ -9,6 +9,17 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain"
 cargo --version
 
+step "services and tools the tests need"
+# Debian packages the end-to-end tests run for real; installed only when missing.
+need_packages=()
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need_packages+=(prometheus)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  echo "installing: ${need_packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+prometheus --version 2>&1 | head -n 1
+
 step "format"
 cargo fmt --all -- --check
 

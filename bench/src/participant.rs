@@ -389,7 +389,8 @@ async fn build_peer_connection(
             )
             .map_err(pc_err)?;
     }
-    let registry = veil_sfu::feedback::deliver_keyframe_requests(
+    // Receiver reports about what we send are not needed here.
+    let (registry, _reports) = veil_sfu::feedback::install(
         register_default_interceptors(Registry::new(), &mut media).map_err(pc_err)?,
     );
     let settings = SettingEngineBuilder::new()

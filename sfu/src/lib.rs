@@ -232,7 +232,14 @@ impl Sfu {
     async fn build_peer_connection(
         &self,
         commands: UnboundedSender<SessionCmd>,
-    ) -> Result<(Arc<dyn PeerConnection>, Vec<SocketAddr>), SfuError> {
+    ) -> Result<
+        (
+            Arc<dyn PeerConnection>,
+            Vec<SocketAddr>,
+            Arc<feedback::ReceiverReports>,
+        ),
+        SfuError,
+    > {
         let pc_err = |e: webrtc::error::Error| SfuError::PeerConnection(e.to_string());
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(pc_err)?;
@@ -265,7 +272,7 @@ impl Sfu {
                 )
                 .map_err(pc_err)?;
         }
-        let registry = feedback::deliver_keyframe_requests(
+        let (registry, reports) = feedback::install(
             register_default_interceptors(Registry::new(), &mut media).map_err(pc_err)?,
         );
         let ufrag = random_token(16);
@@ -287,7 +294,7 @@ impl Sfu {
             .build()
             .await
             .map_err(pc_err)?;
-        Ok((Arc::new(pc), runtime.driver_addrs()))
+        Ok((Arc::new(pc), runtime.driver_addrs(), reports))
     }
 }
 
@@ -309,7 +316,7 @@ impl SfuControl for Sfu {
             return Err(SfuError::Full);
         }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (pc, driver_addrs) = self.build_peer_connection(cmd_tx.clone()).await?;
+        let (pc, driver_addrs, reports) = self.build_peer_connection(cmd_tx.clone()).await?;
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let room = {
@@ -359,6 +366,7 @@ impl SfuControl for Sfu {
             driver_addrs,
             self.inner.announced,
             presented,
+            reports,
         );
         tokio::spawn(actor.run(cmd_rx, self.inner.config.connect_timeout));
         debug!(session, "session opened");

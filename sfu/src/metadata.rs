@@ -3,9 +3,12 @@
 //! lives (feeding the counters and histograms) and summed into the
 //! [`ConnectionRecord`] when it ends. Never a payload, an address or a name.
 
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use veil_metrics::{ConnectionRecord, Metrics};
+
+use crate::feedback::ReportBlock;
 use webrtc::peer_connection::{RTCStatsReport, RTCStatsReportEntry};
 
 /// Running totals of one peer connection, as its statistics report them.
@@ -15,19 +18,14 @@ pub struct Totals {
     pub bytes_out: u64,
     pub packets_in: u64,
     pub packets_out: u64,
-    /// Feedback the session's subscribers sent us (about what we forward).
-    pub pli_in: u64,
-    pub fir_in: u64,
-    pub nack_in: u64,
-    /// Feedback we sent the publisher (about what it sends).
-    pub pli_out: u64,
-    pub fir_out: u64,
+    /// NACKs we sent the publisher (about what it sends). Key-frame requests are
+    /// counted where the SFU relays and sends them, NACKs from subscribers where the
+    /// feedback interceptor sees them: rtc 0.21.1 does not count inbound RTCP.
     pub nack_out: u64,
     pub retransmitted_in: u64,
     pub retransmitted_out: u64,
-    /// RTP packets sent to this participant and how many it reported lost.
+    /// RTP packets sent to this participant.
     pub rtp_sent: u64,
-    pub reported_lost: u64,
 }
 
 /// Receiver-reported quality, one value per reporting stream.
@@ -38,7 +36,9 @@ pub struct Quality {
     pub rtt_seconds: Option<f64>,
 }
 
-/// Reads totals and quality out of a statistics report.
+/// Reads totals and the round-trip time out of a statistics report. (Receiver-reported
+/// loss and jitter come from [`ReportBlock`]s: rtc 0.21.1 leaves its remote-inbound
+/// statistics at zero.)
 pub fn read_report(report: &RTCStatsReport) -> (Totals, Quality) {
     let mut t = Totals::default();
     let mut q = Quality::default();
@@ -51,28 +51,12 @@ pub fn read_report(report: &RTCStatsReport) -> (Totals, Quality) {
     for entry in report.iter() {
         match entry {
             RTCStatsReportEntry::InboundRtp(s) => {
-                t.pli_out += u64::from(s.pli_count);
-                t.fir_out += u64::from(s.fir_count);
                 t.nack_out += u64::from(s.nack_count);
                 t.retransmitted_in += s.retransmitted_packets_received;
             }
             RTCStatsReportEntry::OutboundRtp(s) => {
-                t.pli_in += u64::from(s.pli_count);
-                t.fir_in += u64::from(s.fir_count);
-                t.nack_in += u64::from(s.nack_count);
                 t.retransmitted_out += s.retransmitted_packets_sent;
                 t.rtp_sent += s.sent_rtp_stream_stats.packets_sent;
-            }
-            RTCStatsReportEntry::RemoteInboundRtp(s) => {
-                let received = &s.received_rtp_stream_stats;
-                t.reported_lost += u64::try_from(received.packets_lost).unwrap_or(0);
-                if s.round_trip_time_measurements > 0 {
-                    q.loss.push(s.fraction_lost);
-                    q.jitter_seconds.push(received.jitter);
-                    if s.round_trip_time > 0.0 {
-                        q.rtt_seconds = Some(s.round_trip_time);
-                    }
-                }
             }
             RTCStatsReportEntry::IceCandidatePair(p)
                 if q.rtt_seconds.is_none() && p.current_round_trip_time > 0.0 =>
@@ -83,6 +67,23 @@ pub fn read_report(report: &RTCStatsReport) -> (Totals, Quality) {
         }
     }
     (t, q)
+}
+
+/// Loss and jitter from receiver report blocks; `clock_rate` maps one of our SSRCs to
+/// its RTP clock (jitter is in timestamp units). Blocks about unknown SSRCs are skipped.
+pub fn quality_from_blocks(
+    blocks: &[ReportBlock],
+    clock_rate: impl Fn(u32) -> Option<u32>,
+) -> Quality {
+    let mut q = Quality::default();
+    for b in blocks {
+        let Some(rate) = clock_rate(b.ssrc).filter(|r| *r > 0) else {
+            continue;
+        };
+        q.loss.push(f64::from(b.fraction_lost) / 256.0);
+        q.jitter_seconds.push(f64::from(b.jitter) / f64::from(rate));
+    }
+    q
 }
 
 /// Adds what grew between two samples to the counters (totals never go back; a
@@ -126,21 +127,12 @@ pub fn count_growth(metrics: &Metrics, before: &Totals, now: &Totals) {
             counter.with_label_values(&[direction]).inc_by(n);
         }
     }
-    let feedback = [
-        ("in", "pli", grow(before.pli_in, now.pli_in)),
-        ("in", "fir", grow(before.fir_in, now.fir_in)),
-        ("in", "nack", grow(before.nack_in, now.nack_in)),
-        ("out", "pli", grow(before.pli_out, now.pli_out)),
-        ("out", "fir", grow(before.fir_out, now.fir_out)),
-        ("out", "nack", grow(before.nack_out, now.nack_out)),
-    ];
-    for (direction, kind, n) in feedback {
-        if n > 0 {
-            metrics
-                .rtcp_feedback
-                .with_label_values(&[direction, kind])
-                .inc_by(n);
-        }
+    let nacks = grow(before.nack_out, now.nack_out);
+    if nacks > 0 {
+        metrics
+            .rtcp_feedback
+            .with_label_values(&["out", "nack"])
+            .inc_by(nacks);
     }
 }
 
@@ -164,6 +156,8 @@ pub struct SessionMetadata {
     started: Instant,
     totals: Totals,
     rtt_seconds: Option<f64>,
+    /// Latest cumulative loss each of our streams' receivers reported.
+    lost_by_ssrc: HashMap<u32, u32>,
 }
 
 pub fn unix_seconds(t: SystemTime) -> u64 {
@@ -179,11 +173,19 @@ impl SessionMetadata {
             started,
             totals: Totals::default(),
             rtt_seconds: None,
+            lost_by_ssrc: HashMap::new(),
         }
     }
 
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Remembers the cumulative loss receivers reported, for the record.
+    pub fn on_reports(&mut self, blocks: &[ReportBlock]) {
+        for b in blocks {
+            self.lost_by_ssrc.insert(b.ssrc, b.total_lost);
+        }
     }
 
     /// Takes one sample: counts what grew since the last one.
@@ -196,6 +198,7 @@ impl SessionMetadata {
             bytes_out: self.totals.bytes_out.max(totals.bytes_out),
             packets_in: self.totals.packets_in.max(totals.packets_in),
             packets_out: self.totals.packets_out.max(totals.packets_out),
+            rtp_sent: self.totals.rtp_sent.max(totals.rtp_sent),
             ..totals
         };
         if quality.rtt_seconds.is_some() {
@@ -206,8 +209,9 @@ impl SessionMetadata {
     /// The record for a session ending at `ended_at`.
     pub fn record(&self, ended_at: SystemTime) -> ConnectionRecord {
         let t = &self.totals;
+        let lost: u64 = self.lost_by_ssrc.values().map(|l| u64::from(*l)).sum();
         let loss_ratio = if t.rtp_sent > 0 {
-            t.reported_lost as f64 / t.rtp_sent as f64
+            lost as f64 / t.rtp_sent as f64
         } else {
             0.0
         };
@@ -236,10 +240,8 @@ mod tests {
             bytes_out: 3000 * scale,
             packets_in: 10 * scale,
             packets_out: 30 * scale,
-            pli_in: scale,
             nack_out: 2 * scale,
             rtp_sent: 100 * scale,
-            reported_lost: scale,
             ..Totals::default()
         }
     }
@@ -264,12 +266,19 @@ mod tests {
             rtt_seconds: Some(0.004),
         };
         s.sample(&m, totals(1), &quality);
+        let block = |ssrc, total_lost| ReportBlock {
+            ssrc,
+            fraction_lost: 0,
+            total_lost,
+            jitter: 0,
+        };
+        s.on_reports(&[block(1, 1), block(2, 0)]);
+        s.on_reports(&[block(1, 2), block(2, 1)]);
         s.sample(&m, totals(3), &Quality::default());
         // A partial sample (a stream gone) must not count backwards.
         s.sample(&m, totals(2), &Quality::default());
         assert_eq!(m.transport_bytes.with_label_values(&["in"]).get(), 3000);
         assert_eq!(m.transport_packets.with_label_values(&["out"]).get(), 90);
-        assert_eq!(m.rtcp_feedback.with_label_values(&["in", "pli"]).get(), 3);
         assert_eq!(m.rtcp_feedback.with_label_values(&["out", "nack"]).get(), 6);
         assert_eq!(m.receiver_loss_ratio.get_sample_count(), 1);
         assert_eq!(m.rtt_seconds.get_sample_count(), 1);
@@ -281,6 +290,37 @@ mod tests {
         assert_eq!((record.packets_in, record.packets_out), (30, 90));
         assert!((record.loss_ratio - 0.01).abs() < 1e-9);
         assert_eq!(record.rtt_seconds, Some(0.004));
+    }
+
+    #[test]
+    fn report_blocks_become_loss_and_jitter_in_seconds() {
+        let blocks = [
+            ReportBlock {
+                ssrc: 1,
+                fraction_lost: 64,
+                total_lost: 3,
+                jitter: 900,
+            },
+            ReportBlock {
+                ssrc: 2,
+                fraction_lost: 0,
+                total_lost: 0,
+                jitter: 480,
+            },
+            ReportBlock {
+                ssrc: 99,
+                fraction_lost: 255,
+                total_lost: 0,
+                jitter: 1,
+            },
+        ];
+        let q = quality_from_blocks(&blocks, |ssrc| match ssrc {
+            1 => Some(90_000),
+            2 => Some(48_000),
+            _ => None,
+        });
+        assert_eq!(q.loss, vec![0.25, 0.0]);
+        assert_eq!(q.jitter_seconds, vec![0.01, 0.01]);
     }
 
     #[test]

@@ -30,7 +30,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use crate::SfuInner;
-use crate::metadata::{SessionMetadata, read_report};
+use crate::feedback::ReceiverReports;
+use crate::metadata::{SessionMetadata, quality_from_blocks, read_report};
 use crate::room::Room;
 use crate::signal::{
     ClientSignal, CloseReason, IceCandidate, Layer, MediaKind, SessionId, SfuSignal,
@@ -76,6 +77,9 @@ impl PeerConnectionEventHandler for SessionEvents {
 
 struct Subscription {
     consumer: Arc<Consumer>,
+    /// Our SSRC and RTP clock on the subscriber's leg (for its receiver reports).
+    out_ssrc: u32,
+    clock_rate: u32,
     sender: Arc<dyn RtpSender>,
     producer: Weak<Producer>,
     rtcp_task: tokio::task::JoinHandle<()>,
@@ -96,6 +100,7 @@ pub struct Session {
     pub started: Instant,
     join: Arc<JoinClock>,
     metadata: SessionMetadata,
+    reports: Arc<ReceiverReports>,
     offer_pending: bool,
     needs_offer: bool,
     connected: bool,
@@ -118,6 +123,7 @@ impl Session {
         driver_addrs: Vec<std::net::SocketAddr>,
         announced: std::net::SocketAddr,
         started: Instant,
+        reports: Arc<ReceiverReports>,
     ) -> Self {
         Session {
             id,
@@ -133,6 +139,7 @@ impl Session {
             started,
             join: Arc::new(JoinClock::new(started)),
             metadata: SessionMetadata::new(std::time::SystemTime::now(), started),
+            reports,
             offer_pending: false,
             needs_offer: false,
             connected: false,
@@ -205,7 +212,23 @@ impl Session {
             return;
         };
         let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
-        let (totals, quality) = read_report(&report);
+        let (totals, rtt) = read_report(&report);
+        let blocks = self.reports.take();
+        let mut quality = quality_from_blocks(&blocks, |ssrc| {
+            self.subscriptions
+                .values()
+                .find(|s| s.out_ssrc == ssrc)
+                .map(|s| s.clock_rate)
+        });
+        quality.rtt_seconds = rtt.rtt_seconds;
+        self.metadata.on_reports(&blocks);
+        let nacks = self.reports.take_nacks();
+        if nacks > 0 {
+            sfu.metrics
+                .rtcp_feedback
+                .with_label_values(&["in", "nack"])
+                .inc_by(nacks);
+        }
         self.metadata.sample(&sfu.metrics, totals, &quality);
     }
 
@@ -471,6 +494,8 @@ impl Session {
             producer.id.clone(),
             Subscription {
                 consumer,
+                out_ssrc,
+                clock_rate: producer.codec.clock_rate,
                 sender,
                 producer: Arc::downgrade(&producer),
                 rtcp_task,
@@ -577,9 +602,20 @@ async fn relay_feedback(track: Arc<TrackLocalStaticRTP>, consumer: Arc<Consumer>
         let TrackLocalEvent::OnRtcpPacket(packets) = event else {
             continue;
         };
-        let wants_keyframe = packets.iter().any(|p| {
-            p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
-        });
+        let mut wants_keyframe = false;
+        for p in &packets {
+            let kind = if p.as_any().is::<PictureLossIndication>() {
+                "pli"
+            } else if p.as_any().is::<FullIntraRequest>() {
+                "fir"
+            } else {
+                continue;
+            };
+            wants_keyframe = true;
+            if let Some(producer) = consumer.producer.upgrade() {
+                producer.count_feedback("in", kind);
+            }
+        }
         if !wants_keyframe {
             continue;
         }

@@ -214,7 +214,17 @@ impl Producer {
             media_ssrc: ssrc,
         };
         self.metrics.keyframe_requests.inc();
+        self.count_feedback("out", "pli");
         self.remote.write_rtcp(vec![Box::new(pli)]).await.is_ok()
+    }
+
+    /// Counts an RTCP feedback message about this track (`in` from a subscriber, `out`
+    /// to the publisher).
+    pub fn count_feedback(&self, direction: &'static str, kind: &'static str) {
+        self.metrics
+            .rtcp_feedback
+            .with_label_values(&[direction, kind])
+            .inc();
     }
 
     /// Forwards one incoming packet to every ready consumer.
