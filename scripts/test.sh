@@ -19,6 +19,14 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
 fi
 prometheus --version 2>&1 | head -n 1
+# The Compose specification validator (a PyPI package; it carries the schema offline).
+export PATH="$HOME/.local/bin:$PATH"
+if ! command -v check-jsonschema >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || { apt-get update -qq; apt-get install -y -qq python3-pip >/dev/null; }
+  python3 -m pip install --quiet --user check-jsonschema 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages check-jsonschema
+fi
+check-jsonschema --version
 
 step "format"
 cargo fmt --all -- --check
