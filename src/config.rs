@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use veil_sfu::SfuConfig;
+use veil_sfu::node::NodeConfig;
 use veil_signaling::SignalingConfig;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -14,6 +15,8 @@ use veil_signaling::SignalingConfig;
 pub struct Config {
     pub signaling: SignalingConfig,
     pub sfu: SfuConfig,
+    /// `veil sfu` only: how this SFU node reaches signaling.
+    pub node: NodeConfig,
     pub log: LogConfig,
 }
 
@@ -49,6 +52,10 @@ pub struct Cli {
 pub enum Command {
     /// Everything in one process on this machine (the default).
     All,
+    /// Signaling (HTTP API, WebSocket, accounts) alone; SFU nodes connect to it.
+    Signaling,
+    /// An SFU node alone; it connects to signaling (see the `[node]` settings).
+    Sfu,
     /// Print the effective configuration as TOML and exit.
     Config,
 }

@@ -5,6 +5,7 @@
 //! crate — or open a connection to anything outside Veil's own components.
 
 pub mod config;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub enum StartError {
     GrantKey(veil_sfu::grant::GrantError),
     #[error("SFU: {0}")]
     Sfu(#[from] SfuStartError),
+    #[error("node link: {0}")]
+    Link(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -55,22 +58,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Arc::new(sfu.clone()),
         metrics.clone(),
     );
-    let addr = config.signaling.http_addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let router = signaling.router();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (http_addr, stop, server) = serve(config.signaling.http_addr, signaling.router()).await?;
     Ok(Running {
         http_addr,
         sfu,
@@ -79,6 +67,34 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         stop,
         server,
     })
+}
+
+type Served = (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+);
+
+/// Serves `router` on `addr` until the returned sender fires.
+pub(crate) async fn serve(addr: SocketAddr, router: axum::Router) -> Result<Served, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok((bound, stop, server))
 }
 
 impl Running {

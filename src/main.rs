@@ -16,13 +16,65 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::All => run_all(config).await,
+        Command::Signaling => run_signaling(config).await,
+        Command::Sfu => run_sfu(config).await,
     }
 }
 
-async fn run_all(config: Config) -> anyhow::Result<()> {
+fn init_logs(config: &Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&config.log.level).context("invalid log filter")?)
         .init();
+    Ok(())
+}
+
+async fn run_signaling(config: Config) -> anyhow::Result<()> {
+    init_logs(&config)?;
+    let running = veil::split::start_signaling(&config).await?;
+    println!("Veil signaling is running.");
+    println!("  HTTP API and WebSocket: http://{}", running.http_addr);
+    println!("  SFU nodes connect to: {} (QUIC)", running.node_addr);
+    println!(
+        "  Link certificate fingerprint (the nodes' node.signaling_fingerprint): {}",
+        running.fingerprint
+    );
+    if config.signaling.node_fingerprints.is_empty() {
+        println!(
+            "  No SFU node is pinned yet: add each node's fingerprint to signaling.node_fingerprints."
+        );
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    running.stop().await?;
+    Ok(())
+}
+
+async fn run_sfu(config: Config) -> anyhow::Result<()> {
+    init_logs(&config)?;
+    let running = veil::split::start_sfu(&config).await?;
+    println!("Veil SFU node {:?} is running.", config.node.name);
+    println!("  Media (UDP): {}", running.sfu.media_addr());
+    println!("  Metrics and health: http://{}", running.http_addr);
+    println!(
+        "  Link certificate fingerprint (for signaling.node_fingerprints): {}",
+        running.fingerprint
+    );
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        // The link only ends on its own when signaling refuses this node.
+        r = &mut { running.link } => {
+            match r {
+                Ok(Err(e)) => return Err(e.into()),
+                _ => anyhow::bail!("node link ended"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_all(config: Config) -> anyhow::Result<()> {
+    init_logs(&config)?;
     let running = veil::start(&config).await?;
     println!("Veil is running.");
     println!(

@@ -63,6 +63,8 @@ fn allowed(label: &str, value: &str) -> bool {
             "e2ee",
             "state",
             "leave",
+            "rejoin",
+            "media_reset",
             "invalid",
             "joined",
             "participant_joined",

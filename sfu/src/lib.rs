@@ -11,14 +11,17 @@
 pub mod feedback;
 pub mod forwarder;
 pub mod grant;
+pub mod identity;
 pub mod keyframe;
 pub mod metadata;
+pub mod node;
 pub mod participant;
 pub mod room;
 pub mod sequence;
 pub mod signal;
 pub mod track;
 pub mod udp_mux;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -58,6 +61,8 @@ pub struct SfuConfig {
     pub connect_timeout: Duration,
     /// Most sessions this SFU holds at once.
     pub max_sessions: usize,
+    /// `veil sfu` only: where this node serves `/metrics` and `/healthz`.
+    pub http_addr: SocketAddr,
 }
 
 impl Default for SfuConfig {
@@ -67,6 +72,7 @@ impl Default for SfuConfig {
             announce_ip: None,
             connect_timeout: Duration::from_secs(30),
             max_sessions: 1000,
+            http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081),
         }
     }
 }
@@ -105,7 +111,8 @@ struct SessionEntry {
 /// State shared by the SFU handle and its session actors.
 pub struct SfuInner {
     config: SfuConfig,
-    verifier: GrantVerifier,
+    /// Replaced when a node (re)registers with signaling and learns its grant key.
+    verifier: std::sync::RwLock<GrantVerifier>,
     pub(crate) metrics: Arc<Metrics>,
     mux: Arc<UdpMux>,
     announced: SocketAddr,
@@ -181,7 +188,7 @@ impl Sfu {
         Ok(Sfu {
             inner: Arc::new(SfuInner {
                 config,
-                verifier,
+                verifier: std::sync::RwLock::new(verifier),
                 metrics,
                 mux,
                 announced,
@@ -192,6 +199,24 @@ impl Sfu {
                 join_time_total_micros: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Trusts grants signed by a new key from now on (a node registering with signaling).
+    pub fn set_grant_verifier(&self, verifier: GrantVerifier) {
+        *self
+            .inner
+            .verifier
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = verifier;
+    }
+
+    /// Tracks published across all rooms.
+    pub fn track_count(&self) -> usize {
+        self.inner
+            .rooms()
+            .values()
+            .map(|r| r.producer_count())
+            .sum()
     }
 
     /// The UDP address media flows to, as clients see it.
@@ -302,9 +327,13 @@ impl Sfu {
 impl SfuControl for Sfu {
     async fn open_session(&self, request: SessionRequest) -> Result<SessionOpened, SfuError> {
         let presented = Instant::now();
-        let grant = self
+        let verifier = self
             .inner
             .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let grant = verifier
             .verify(
                 request.grant.as_deref(),
                 request.room.as_deref(),

@@ -110,6 +110,8 @@ pub enum CloseReason {
     Replaced,
     /// The SFU is shutting down.
     Shutdown,
+    /// The SFU node carrying the session stopped answering; the client rejoins elsewhere.
+    NodeLost,
 }
 
 impl CloseReason {
@@ -121,6 +123,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::Replaced => "replaced",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::NodeLost => "node_lost",
         }
     }
 }
@@ -207,4 +210,8 @@ pub trait SfuControl: Send + Sync + 'static {
     async fn close_session(&self, session: SessionId);
     /// Sessions currently holding a peer connection.
     fn live_sessions(&self) -> usize;
+    /// The SFU nodes behind this control, for health checks (none when in-process).
+    fn nodes(&self) -> Vec<crate::wire::NodeStatus> {
+        Vec::new()
+    }
 }

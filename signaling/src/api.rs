@@ -181,6 +181,9 @@ struct Health {
     status: &'static str,
     sessions: usize,
     rooms: usize,
+    /// SFU nodes in a split deployment (absent when the SFU runs in-process).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<veil_sfu::wire::NodeStatus>,
 }
 
 /// `GET /healthz`
@@ -189,6 +192,7 @@ pub async fn healthz(State(state): State<Arc<Signaling>>) -> Json<impl Serialize
         status: "ok",
         sessions: state.sfu.live_sessions(),
         rooms: state.rooms.len(),
+        nodes: state.sfu.nodes(),
     })
 }
 

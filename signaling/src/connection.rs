@@ -9,7 +9,8 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::debug;
-use veil_sfu::{SessionId, SessionRequest, SfuSignal};
+use veil_sfu::grant::Grant;
+use veil_sfu::{CloseReason, SessionId, SessionRequest, SfuSignal};
 
 use crate::Signaling;
 use crate::message::{ClientMessage, MAX_BLOB_BYTES, MAX_MESSAGE_BYTES, ServerMessage};
@@ -24,10 +25,17 @@ pub async fn upgrade(State(state): State<Arc<Signaling>>, ws: WebSocketUpgrade) 
 }
 
 struct Joined {
-    session: SessionId,
     room: String,
     participant: String,
-    events: mpsc::Receiver<SfuSignal>,
+    /// The media session and its events; `None` after its SFU node was lost, until
+    /// the client asks to `rejoin`.
+    media: Option<(SessionId, mpsc::Receiver<SfuSignal>)>,
+}
+
+impl Joined {
+    fn session(&self) -> Option<SessionId> {
+        self.media.as_ref().map(|(s, _)| *s)
+    }
 }
 
 /// What to do after handling one client message.
@@ -46,8 +54,8 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<ServerMessage>();
     loop {
         let next_event = async {
-            match joined.as_mut() {
-                Some(j) => j.events.recv().await,
+            match joined.as_mut().and_then(|j| j.media.as_mut()) {
+                Some((_, events)) => events.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -102,6 +110,18 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                     closed_by_sfu = true;
                     break;
                 };
+                if let SfuSignal::Closed { reason: CloseReason::NodeLost, .. } = event {
+                    // The node is gone, not the participant: keep the socket and its
+                    // presence; the client rebuilds its media and asks to rejoin.
+                    if let Some(j) = joined.as_mut() {
+                        j.media = None;
+                    }
+                    let msg = ServerMessage::MediaReset { reason: CloseReason::NodeLost };
+                    if send(&mut sink, &state, &msg).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let is_closed = matches!(event, SfuSignal::Closed { .. });
                 if send(&mut sink, &state, &ServerMessage::from(event)).await.is_err() {
                     break;
@@ -114,8 +134,8 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
         }
     }
     if let Some(j) = joined {
-        if !closed_by_sfu {
-            state.sfu.close_session(j.session).await;
+        if !closed_by_sfu && let Some(session) = j.session() {
+            state.sfu.close_session(session).await;
         }
         state.rooms.leave(&j.room, &j.participant);
     }
@@ -207,10 +227,9 @@ where
                         participants,
                     };
                     *joined = Some(Joined {
-                        session: opened.session,
                         room: opened.room,
                         participant: opened.participant,
-                        events: opened.events,
+                        media: Some((opened.session, opened.events)),
                     });
                     send(sink, state, &reply).await?;
                     Ok(Next::Continue)
@@ -224,10 +243,48 @@ where
             }
         }
         ClientMessage::Leave {} => {
-            match joined.as_ref() {
+            match joined.as_ref().and_then(Joined::session) {
                 // The session answers with Closed, which ends the loop.
-                Some(j) => state.sfu.close_session(j.session).await,
+                Some(session) => state.sfu.close_session(session).await,
                 None => return Ok(Next::Close),
+            }
+            Ok(Next::Continue)
+        }
+        ClientMessage::Rejoin {} => {
+            let Some(j) = joined.as_mut() else {
+                return not_joined(state, sink).await;
+            };
+            if j.media.is_some() {
+                state.metrics.error("already_joined");
+                let msg = ServerMessage::error("already_joined", "the media session is still up");
+                send(sink, state, &msg).await?;
+                return Ok(Next::Continue);
+            }
+            // Signaling vouches for the participant it already admitted.
+            let grant = state.signer.sign(&Grant {
+                room: j.room.clone(),
+                participant: j.participant.clone(),
+                can_publish: true,
+                can_subscribe: true,
+                expires: veil_sfu::unix_now() + state.config.grant_ttl_secs,
+            });
+            let request = SessionRequest {
+                room: Some(j.room.clone()),
+                grant: Some(grant),
+            };
+            match state.sfu.open_session(request).await {
+                Ok(opened) => {
+                    j.media = Some((opened.session, opened.events));
+                    let reply = ServerMessage::Joined {
+                        participant: j.participant.clone(),
+                        room: j.room.clone(),
+                        participants: state.rooms.peers(&j.room, &j.participant),
+                    };
+                    send(sink, state, &reply).await?;
+                }
+                Err(e) => {
+                    send(sink, state, &ServerMessage::error(e.code(), e.to_string())).await?;
+                }
             }
             Ok(Next::Continue)
         }
@@ -276,8 +333,16 @@ where
             let Some(j) = joined.as_ref() else {
                 return not_joined(state, sink).await;
             };
+            let Some(session) = j.session() else {
+                // Between a lost node and the rejoin there is nothing to signal to.
+                state.metrics.error("signal_refused");
+                let msg =
+                    ServerMessage::error("media_lost", "rejoin first: the media session was lost");
+                send(sink, state, &msg).await?;
+                return Ok(Next::Continue);
+            };
             if let Some(signal) = other.into_signal()
-                && let Err(e) = state.sfu.signal(j.session, signal).await
+                && let Err(e) = state.sfu.signal(session, signal).await
             {
                 state.metrics.error("signal_refused");
                 send(sink, state, &ServerMessage::error(e.code(), e.to_string())).await?;

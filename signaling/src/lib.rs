@@ -6,6 +6,7 @@
 //! a display name or a room id; talk to anything but its own components (P9).
 
 pub mod api;
+pub mod cluster;
 pub mod connection;
 pub mod message;
 pub mod quota;
@@ -35,6 +36,13 @@ pub struct SignalingConfig {
     pub room_ttl_secs: u64,
     pub max_rooms: usize,
     pub max_participants_per_room: usize,
+    /// `veil signaling` only: where SFU nodes connect (UDP, QUIC).
+    pub node_addr: std::net::SocketAddr,
+    /// `veil signaling` only: SHA-256 fingerprints of the SFU nodes' link certificates
+    /// (each node prints its own at start). Only these nodes can register.
+    pub node_fingerprints: Vec<String>,
+    /// `veil signaling` only: where signaling keeps its own link certificate.
+    pub identity_dir: std::path::PathBuf,
 }
 
 impl Default for SignalingConfig {
@@ -45,6 +53,9 @@ impl Default for SignalingConfig {
             room_ttl_secs: 24 * 3600,
             max_rooms: 10_000,
             max_participants_per_room: 100,
+            node_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7890)),
+            node_fingerprints: Vec::new(),
+            identity_dir: "data/signaling-link".into(),
         }
     }
 }

@@ -63,6 +63,8 @@ pub enum ClientMessage {
     State {
         state: MediaState,
     },
+    /// After `media_reset`: open a new media session for this participant.
+    Rejoin {},
     Leave {},
 }
 
@@ -77,6 +79,7 @@ impl ClientMessage {
             ClientMessage::SetMaxLayer { .. } => "set_max_layer",
             ClientMessage::E2ee { .. } => "e2ee",
             ClientMessage::State { .. } => "state",
+            ClientMessage::Rejoin {} => "rejoin",
             ClientMessage::Leave {} => "leave",
         }
     }
@@ -93,6 +96,7 @@ impl ClientMessage {
             ClientMessage::Join { .. }
             | ClientMessage::E2ee { .. }
             | ClientMessage::State { .. }
+            | ClientMessage::Rejoin {}
             | ClientMessage::Leave {} => None,
         }
     }
@@ -150,6 +154,11 @@ pub enum ServerMessage {
     Closed {
         reason: CloseReason,
     },
+    /// The media session was lost (its SFU node went down) but the participant stays:
+    /// close the peer connection, send `rejoin`, and negotiate again after `joined`.
+    MediaReset {
+        reason: CloseReason,
+    },
 }
 
 impl ServerMessage {
@@ -174,6 +183,7 @@ impl ServerMessage {
             ServerMessage::TrackUnpublished { .. } => "track_unpublished",
             ServerMessage::Error { .. } => "error",
             ServerMessage::Closed { .. } => "closed",
+            ServerMessage::MediaReset { .. } => "media_reset",
         }
     }
 }

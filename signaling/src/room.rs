@@ -39,6 +39,22 @@ struct RoomRecord {
 }
 
 impl RoomRecord {
+    /// Connected members but `except`, in a stable order.
+    fn peers(&self, except: &str) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self
+            .participants
+            .iter()
+            .filter(|(id, m)| *id != except && m.connection.is_some())
+            .map(|(id, m)| Peer {
+                participant: id.clone(),
+                display_name: m.display_name.clone(),
+                state: m.state,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.participant.cmp(&b.participant));
+        peers
+    }
+
     /// Sends `msg` to every connected member but `except`.
     fn broadcast(&self, except: &str, msg: &ServerMessage) {
         for (id, member) in &self.participants {
@@ -143,18 +159,15 @@ impl RoomDirectory {
             display_name: member.display_name.clone(),
         };
         record.broadcast(participant, &joined);
-        let mut peers: Vec<Peer> = record
-            .participants
-            .iter()
-            .filter(|(id, m)| *id != participant && m.connection.is_some())
-            .map(|(id, m)| Peer {
-                participant: id.clone(),
-                display_name: m.display_name.clone(),
-                state: m.state,
-            })
-            .collect();
-        peers.sort_by(|a, b| a.participant.cmp(&b.participant));
-        Ok(peers)
+        Ok(record.peers(participant))
+    }
+
+    /// The others present in a room.
+    pub fn peers(&self, room: &str, participant: &str) -> Vec<Peer> {
+        self.rooms()
+            .get(room)
+            .map(|r| r.peers(participant))
+            .unwrap_or_default()
     }
 
     /// Forgets a participant once its session ended; the others hear it left.

@@ -1,0 +1,307 @@
+//! The split deployment as separate OS processes on loopback: `veil signaling` and two
+//! `veil sfu` nodes linked over QUIC with pinned mutual TLS. Rooms spread over both
+//! nodes; a node killed with SIGKILL mid-call is noticed, and its participants (the
+//! headless participant rejoins by itself) receive media again on the other node; a
+//! node with an unpinned certificate never registers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use veil_bench::participant::{Participant, ParticipantConfig, VideoConfig};
+use veil_sfu::identity::Identity;
+
+use common::*;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn spawn(config: &Path, role: &str) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .arg("--config")
+            .arg(config)
+            .arg("--log")
+            .arg("warn")
+            .arg(role)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start veil"),
+    )
+}
+
+struct Node {
+    name: String,
+    config: PathBuf,
+    http: String,
+    fingerprint: String,
+}
+
+fn node(dir: &Path, name: &str, signaling_node_addr: &str, signaling_fp: &str) -> Node {
+    let identity_dir = dir.join(name);
+    let fingerprint = Identity::load_or_create(&identity_dir)
+        .expect("identity")
+        .fingerprint();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[sfu]\nmedia_addr = \"127.0.0.1:{}\"\nhttp_addr = \"{http}\"\n[node]\nsignaling_addr = \"{signaling_node_addr}\"\nsignaling_fingerprint = \"{signaling_fp}\"\nname = \"{name}\"\nregion = \"test\"\nidentity_dir = \"{}\"\n",
+            free_udp_port(),
+            identity_dir.display()
+        ),
+    )
+    .expect("write config");
+    Node {
+        name: name.to_string(),
+        config,
+        http,
+        fingerprint,
+    }
+}
+
+async fn get_json(url: &str) -> Option<Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+fn nodes_up(health: &Value) -> Vec<(String, bool, u64)> {
+    health["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n["name"].as_str().unwrap_or("").to_string(),
+                        n["up"].as_bool().unwrap_or(false),
+                        n["load"]["sessions"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn light(server: &str, room: &str, name: &str) -> ParticipantConfig {
+    let mut c = ParticipantConfig::new(server, room, name);
+    c.video = Some(VideoConfig {
+        fps: 15,
+        bitrate_bps: 200_000,
+        keyframe_interval: Duration::from_secs(2),
+        simulcast: false,
+    });
+    c.record_payloads = false;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
+    let dir = std::env::temp_dir().join(format!("veil-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let signaling_identity = dir.join("signaling");
+    let signaling_fp = Identity::load_or_create(&signaling_identity)
+        .expect("identity")
+        .fingerprint();
+    let node_addr = format!("127.0.0.1:{}", free_udp_port());
+    let nodes = [
+        node(&dir, "sfu-a", &node_addr, &signaling_fp),
+        node(&dir, "sfu-b", &node_addr, &signaling_fp),
+    ];
+    // Known to nobody: its certificate is not pinned by signaling.
+    let forged = node(&dir, "sfu-forged", &node_addr, &signaling_fp);
+    let http = format!("127.0.0.1:{}", free_port());
+    let server = format!("http://{http}");
+    let signaling_config = dir.join("signaling.toml");
+    std::fs::write(
+        &signaling_config,
+        format!(
+            "[signaling]\nhttp_addr = \"{http}\"\nnode_addr = \"{node_addr}\"\nnode_fingerprints = [\"{}\", \"{}\"]\nidentity_dir = \"{}\"\n",
+            nodes[0].fingerprint,
+            nodes[1].fingerprint,
+            signaling_identity.display()
+        ),
+    )
+    .expect("write config");
+    let _signaling = spawn(&signaling_config, "signaling");
+    let mut node_procs: Vec<Option<Proc>> = nodes
+        .iter()
+        .map(|n| Some(spawn(&n.config, "sfu")))
+        .collect();
+    let _forged = spawn(&forged.config, "sfu");
+
+    let health_url = format!("{server}/healthz");
+    let started = Instant::now();
+    loop {
+        let up = get_json(&health_url)
+            .await
+            .map(|h| nodes_up(&h))
+            .unwrap_or_default();
+        if up.iter().filter(|(_, up, _)| *up).count() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < secs(30),
+            "nodes did not register: {up:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Six rooms of two people each.
+    let client = reqwest::Client::new();
+    let mut rooms = Vec::new();
+    for _ in 0..6 {
+        let created: Value = client
+            .post(format!("{server}/api/rooms"))
+            .send()
+            .await
+            .expect("create room")
+            .json()
+            .await
+            .expect("json");
+        rooms.push(created["room"].as_str().expect("room id").to_string());
+    }
+    let mut people = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        for name in ["A", "B"] {
+            let p = Participant::join(light(&server, room, &format!("{name}{i}")))
+                .await
+                .expect("join");
+            people.push((i, p));
+        }
+    }
+    let everyone_receives = |people: &[(usize, Participant)], min: u64| {
+        people.iter().all(|(i, p)| {
+            people
+                .iter()
+                .filter(|(j, o)| j == i && o.id != p.id)
+                .all(|(_, o)| receives_av_from(p, &o.id, min))
+        })
+    };
+    wait_until(
+        "every participant receives its room's media",
+        secs(30),
+        || everyone_receives(&people, 20),
+    )
+    .await;
+    let health = get_json(&health_url).await.expect("health");
+    let spread = nodes_up(&health);
+    println!("placement: {spread:?}");
+    assert!(
+        spread.iter().all(|(_, up, sessions)| *up && *sessions > 0),
+        "rooms not spread over both nodes: {spread:?}"
+    );
+    assert!(
+        !spread.iter().any(|(name, ..)| name == &forged.name),
+        "the unpinned node registered"
+    );
+    // Nobody receives from another room.
+    for (i, p) in &people {
+        for t in p.received() {
+            let publisher_room = people
+                .iter()
+                .find(|(_, o)| o.id == t.publisher)
+                .map(|(j, _)| *j);
+            assert_eq!(publisher_room, Some(*i), "media crossed rooms");
+        }
+    }
+
+    // Kill one node the hard way, mid-call.
+    let victim = &nodes[0];
+    let victim_sessions = get_json(&format!("http://{}/healthz", victim.http))
+        .await
+        .and_then(|h| h["sessions"].as_u64())
+        .unwrap_or(0);
+    assert!(victim_sessions > 0);
+    let before: Vec<u64> = people.iter().map(|(_, p)| p.media_resets()).collect();
+    if let Some(mut proc) = node_procs[0].take() {
+        let _ = proc.0.kill(); // SIGKILL
+        let _ = proc.0.wait();
+    }
+    let killed = Instant::now();
+    wait_until(
+        "the lost node's participants receive media again",
+        secs(15),
+        || {
+            let moved: Vec<&(usize, Participant)> = people
+                .iter()
+                .zip(&before)
+                .filter(|((_, p), b)| p.media_resets() > **b)
+                .map(|(p, _)| p)
+                .collect();
+            !moved.is_empty()
+                && moved.iter().all(|(i, p)| {
+                    people
+                        .iter()
+                        .filter(|(j, o)| j == i && o.id != p.id)
+                        .all(|(_, o)| receives_av_from(p, &o.id, 10))
+                })
+        },
+    )
+    .await;
+    let failover = killed.elapsed();
+    println!("failover: SIGKILL → media again in {failover:?} ({victim_sessions} sessions moved)");
+    assert!(
+        failover < secs(5),
+        "failover took {failover:?}, more than the 5 s the design allows"
+    );
+    let moved = people
+        .iter()
+        .zip(&before)
+        .filter(|((_, p), b)| p.media_resets() > **b)
+        .count() as u64;
+    assert_eq!(
+        moved, victim_sessions,
+        "every session of the lost node rejoined"
+    );
+    // Everyone, moved or not, still receives.
+    wait_until("everyone receives after failover", secs(10), || {
+        everyone_receives(&people, 10)
+    })
+    .await;
+    let health = get_json(&health_url).await.expect("health");
+    assert_eq!(health["sessions"].as_u64(), Some(12), "{health}");
+    assert_eq!(health["rooms"].as_u64(), Some(6), "{health}");
+    let status = nodes_up(&health);
+    assert!(
+        status.iter().any(|(n, up, _)| n == "sfu-a" && !up),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .iter()
+            .any(|(n, up, s)| n == "sfu-b" && *up && *s == 12),
+        "{status:?}"
+    );
+
+    for (_, p) in people {
+        p.leave().await;
+    }
+    drop(node_procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
