@@ -465,7 +465,7 @@ async fn join_leave_cycles_leave_nothing_behind() {
     .await;
     // A leak per session would add hundreds of tasks; allow a few for pooled HTTP
     // connections and timers that come and go independently of sessions.
-    const SLACK: usize = 4;
+    const SLACK: usize = 16;
     let settle = Instant::now();
     while runtime.metrics().num_alive_tasks() > baseline_tasks + SLACK
         && settle.elapsed() < secs(20)
@@ -502,9 +502,10 @@ async fn a_session_that_never_connects_times_out_and_is_torn_down() {
         .await
         .expect("grant");
     // Joined, but never offers: no ICE, no DTLS.
-    let (mut ws, ..) = open_socket(&veil.base_url(), &ws_path, Some(&grant))
+    let mut ws = open_socket(&veil.base_url(), &ws_path, Some(&grant))
         .await
-        .expect("joined");
+        .expect("joined")
+        .ws;
     assert_eq!(veil.sfu.stats().sessions, 1);
     let closed = within("the session to time out", secs(10), async {
         while let Some(Ok(frame)) = ws.next().await {

@@ -21,10 +21,10 @@ async fn raw_member(veil: &veil::Running, room: &str, name: &str) -> (Ws, String
     config.audio = false;
     config.video = None;
     let (_, grant, ws_path) = request_grant(&config).await.expect("grant");
-    let (ws, id, ..) = open_socket(&veil.base_url(), &ws_path, Some(&grant))
+    let joined = open_socket(&veil.base_url(), &ws_path, Some(&grant))
         .await
         .expect("join");
-    (ws, id)
+    (joined.ws, joined.participant)
 }
 
 async fn send_text(ws: &mut Ws, text: String) {
@@ -206,5 +206,60 @@ async fn bad_messages_get_typed_errors_and_the_room_stays_healthy() {
     .await;
     ann.leave().await;
     bo.leave().await;
+    veil.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_resumes_as_the_same_participant_without_a_leave() {
+    let veil = start_veil().await;
+    let room = new_room(&veil);
+    let ann = Participant::join(participant(&veil, &room, "Ann"))
+        .await
+        .expect("join");
+    let bo = Participant::join(participant(&veil, &room, "Bo"))
+        .await
+        .expect("join");
+    wait_until("media flows", secs(15), || {
+        receives_av_from(&ann, &bo.id, 20) && receives_av_from(&bo, &ann.id, 20)
+    })
+    .await;
+
+    bo.drop_connection();
+    wait_until("Bo resumed", secs(10), || bo.resumes() == 1).await;
+    assert!(bo.peers().contains_key(&ann.id));
+    // Same identity: blobs addressed to Bo's id reach the resumed socket, and Bo's
+    // own messages still come from Bo.
+    ann.send_e2ee(Some(&bo.id), "YWZ0ZXItcmVzdW1l");
+    bo.send_e2ee(Some(&ann.id), "ZnJvbS1ibw");
+    wait_until("blobs both ways after the resume", secs(5), || {
+        bo.e2ee_received() == vec![(ann.id.clone(), "YWZ0ZXItcmVzdW1l".to_string())]
+            && ann.e2ee_received() == vec![(bo.id.clone(), "ZnJvbS1ibw".to_string())]
+    })
+    .await;
+    // Media kept flowing both ways through the drop.
+    let before = (packets_from(&ann, &bo.id), packets_from(&bo, &ann.id));
+    wait_until("media still flows", secs(5), || {
+        packets_from(&ann, &bo.id) > before.0 + 50 && packets_from(&bo, &ann.id) > before.1 + 50
+    })
+    .await;
+    assert!(
+        ann.presence_log().iter().all(|e| !e.starts_with("left:")),
+        "Ann saw a leave: {:?}",
+        ann.presence_log()
+    );
+    assert_eq!(veil.sfu.stats().sessions, 2);
+
+    // A token that is not parked resumes nothing.
+    match veil_bench::participant::resume_socket(&veil.base_url(), "bogus-token").await {
+        Err(veil_bench::participant::ParticipantError::Refused { code, .. }) => {
+            assert_eq!(code, "resume_expired")
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("resumed with a bogus token"),
+    }
+    ann.leave().await;
+    bo.leave().await;
+    wait_until("both gone", secs(5), || veil.sfu.stats().sessions == 0).await;
+    assert!(veil.signaling.resumes.is_empty());
     veil.stop().await.expect("stop");
 }

@@ -33,6 +33,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "unknown_participant",
     "blob_too_large",
     "rate_limited",
+    "resume_expired",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -24,9 +24,11 @@ pub async fn upgrade(State(state): State<Arc<Signaling>>, ws: WebSocketUpgrade) 
         .on_upgrade(move |socket| run(socket, state))
 }
 
-struct Joined {
+pub struct Joined {
     room: String,
     participant: String,
+    /// Lets a new socket carry on as this participant after this one drops.
+    resume: String,
     /// The media session and its events; `None` after its SFU node was lost, until
     /// the client asks to `rejoin`.
     media: Option<(SessionId, mpsc::Receiver<SfuSignal>)>,
@@ -36,6 +38,61 @@ impl Joined {
     fn session(&self) -> Option<SessionId> {
         self.media.as_ref().map(|(s, _)| *s)
     }
+}
+
+/// How long a dropped connection's participant stays (present, media session kept)
+/// waiting for a `resume`.
+pub const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Participants whose socket dropped, by resume token, until they resume or the
+/// window closes.
+#[derive(Default)]
+pub struct Resumes {
+    parked: std::sync::Mutex<std::collections::HashMap<String, Joined>>,
+}
+
+impl Resumes {
+    fn parked(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Joined>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, token: &str) -> Option<Joined> {
+        self.parked().remove(token)
+    }
+
+    pub fn len(&self) -> usize {
+        self.parked().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parked().is_empty()
+    }
+}
+
+fn new_resume_token() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+/// Keeps a dropped participant for [`RESUME_WINDOW`], then lets it go.
+fn park(state: &Arc<Signaling>, joined: Joined) {
+    let token = joined.resume.clone();
+    state.resumes.parked().insert(token.clone(), joined);
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(RESUME_WINDOW).await;
+        if let Some(j) = state.resumes.take(&token) {
+            end(&state, j).await;
+        }
+    });
+}
+
+/// The participant is gone for good: its media session closes, the others hear it left.
+async fn end(state: &Signaling, j: Joined) {
+    if let Some(session) = j.session() {
+        state.sfu.close_session(session).await;
+    }
+    state.rooms.leave(&j.room, &j.participant);
 }
 
 /// What to do after handling one client message.
@@ -49,6 +106,8 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
     let (mut sink, mut stream) = socket.split();
     let mut joined: Option<Joined> = None;
     let mut closed_by_sfu = false;
+    // Only a socket that broke (no close frame, no `leave`) may be resumed.
+    let mut dropped = false;
     let mut quota = MessageQuota::new(std::time::Instant::now());
     // Presence and E2EE messages from the room for this participant.
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<ServerMessage>();
@@ -69,9 +128,14 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                         if send(&mut sink, &state, &msg).await.is_err() { break; }
                         continue;
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => break,
+                    None => {
+                        dropped = true;
+                        break;
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
+                        dropped = true;
                         // Oversized frames end the connection inside the WebSocket layer.
                         let reason = if e.to_string().contains("too long") || e.to_string().contains("size") {
                             "message_too_large"
@@ -133,11 +197,15 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
             }
         }
     }
-    if let Some(j) = joined {
-        if !closed_by_sfu && let Some(session) = j.session() {
-            state.sfu.close_session(session).await;
+    if let Some(mut j) = joined {
+        if closed_by_sfu {
+            j.media = None;
         }
-        state.rooms.leave(&j.room, &j.participant);
+        if dropped && !closed_by_sfu {
+            park(&state, j);
+        } else {
+            end(&state, j).await;
+        }
     }
     let _ = sink.send(Message::Close(None)).await;
     state.metrics.ws_connections.dec();
@@ -221,14 +289,17 @@ where
                                 return Ok(Next::Close);
                             }
                         };
+                    let resume = new_resume_token();
                     let reply = ServerMessage::Joined {
                         participant: opened.participant.clone(),
                         room: opened.room.clone(),
                         participants,
+                        resume: Some(resume.clone()),
                     };
                     *joined = Some(Joined {
                         room: opened.room,
                         participant: opened.participant,
+                        resume,
                         media: Some((opened.session, opened.events)),
                     });
                     send(sink, state, &reply).await?;
@@ -241,6 +312,49 @@ where
                     Ok(Next::Close)
                 }
             }
+        }
+        ClientMessage::Resume { token } => {
+            if joined.is_some() {
+                state.metrics.error("already_joined");
+                send(
+                    sink,
+                    state,
+                    &ServerMessage::error("already_joined", "this connection already joined"),
+                )
+                .await?;
+                return Ok(Next::Continue);
+            }
+            let Some(j) = state.resumes.take(&token) else {
+                state.metrics.error("resume_expired");
+                let msg = ServerMessage::error(
+                    "resume_expired",
+                    "nothing to resume: join again with a new grant",
+                );
+                send(sink, state, &msg).await?;
+                return Ok(Next::Close);
+            };
+            let participants = match state
+                .rooms
+                .reattach(&j.room, &j.participant, room_tx.clone())
+            {
+                Ok(peers) => peers,
+                Err(_) => {
+                    end(state, j).await;
+                    state.metrics.error("resume_expired");
+                    let msg = ServerMessage::error("resume_expired", "the meeting is over");
+                    send(sink, state, &msg).await?;
+                    return Ok(Next::Close);
+                }
+            };
+            let reply = ServerMessage::Joined {
+                participant: j.participant.clone(),
+                room: j.room.clone(),
+                participants,
+                resume: Some(j.resume.clone()),
+            };
+            *joined = Some(j);
+            send(sink, state, &reply).await?;
+            Ok(Next::Continue)
         }
         ClientMessage::Leave {} => {
             match joined.as_ref().and_then(Joined::session) {
@@ -279,6 +393,7 @@ where
                         participant: j.participant.clone(),
                         room: j.room.clone(),
                         participants: state.rooms.peers(&j.room, &j.participant),
+                        resume: Some(j.resume.clone()),
                     };
                     send(sink, state, &reply).await?;
                 }

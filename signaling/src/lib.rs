@@ -67,6 +67,8 @@ pub struct Signaling {
     pub rooms: RoomDirectory,
     pub sfu: Arc<dyn SfuControl>,
     pub metrics: Arc<Metrics>,
+    /// Participants whose WebSocket dropped, waiting to resume.
+    pub resumes: connection::Resumes,
 }
 
 impl Signaling {
@@ -87,6 +89,7 @@ impl Signaling {
             rooms,
             sfu,
             metrics,
+            resumes: connection::Resumes::default(),
         })
     }
 

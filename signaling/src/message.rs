@@ -40,6 +40,11 @@ pub enum ClientMessage {
         #[serde(default)]
         room: Option<String>,
     },
+    /// First message on a new socket after the previous one dropped: carry on as the
+    /// same participant, within the resume window, without the others seeing a leave.
+    Resume {
+        token: String,
+    },
     Offer {
         sdp: String,
     },
@@ -73,6 +78,7 @@ impl ClientMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMessage::Join { .. } => "join",
+            ClientMessage::Resume { .. } => "resume",
             ClientMessage::Offer { .. } => "offer",
             ClientMessage::Answer { .. } => "answer",
             ClientMessage::Candidate { .. } => "candidate",
@@ -94,6 +100,7 @@ impl ClientMessage {
                 Some(ClientSignal::SetMaxLayer { track, layer })
             }
             ClientMessage::Join { .. }
+            | ClientMessage::Resume { .. }
             | ClientMessage::E2ee { .. }
             | ClientMessage::State { .. }
             | ClientMessage::Rejoin {}
@@ -113,6 +120,9 @@ pub enum ServerMessage {
         /// Everyone else already in the room.
         #[serde(default)]
         participants: Vec<Peer>,
+        /// Present on a new socket with `resume` if this one drops.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     ParticipantJoined {
         participant: String,

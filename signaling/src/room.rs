@@ -162,6 +162,24 @@ impl RoomDirectory {
         Ok(record.peers(participant))
     }
 
+    /// Points a present participant's presence at a new socket (a resumed
+    /// connection); the others hear nothing, as nobody left.
+    pub fn reattach(
+        &self,
+        room: &str,
+        participant: &str,
+        connection: UnboundedSender<ServerMessage>,
+    ) -> Result<Vec<Peer>, RoomError> {
+        let mut rooms = self.rooms();
+        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
+        let member = record
+            .participants
+            .get_mut(participant)
+            .ok_or(RoomError::UnknownParticipant)?;
+        member.connection = Some(connection);
+        Ok(record.peers(participant))
+    }
+
     /// The others present in a room.
     pub fn peers(&self, room: &str, participant: &str) -> Vec<Peer> {
         self.rooms()
