@@ -58,6 +58,18 @@ pub enum Command {
     Sfu,
     /// Print the effective configuration as TOML and exit.
     Config,
+    /// Print this role's node-link certificate fingerprint (creating the certificate
+    /// on first use), for pinning in the other side's configuration.
+    Fingerprint {
+        #[arg(value_enum)]
+        role: Role,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Role {
+    Signaling,
+    Sfu,
 }
 
 /// Settings that can also come from flags or `VEIL_*` variables.
@@ -78,6 +90,29 @@ pub struct Overrides {
     /// Log filter.
     #[arg(long, env = "VEIL_LOG", global = true)]
     pub log: Option<String>,
+    /// `veil signaling`: where SFU nodes connect (UDP, QUIC).
+    #[arg(long, env = "VEIL_NODE_ADDR", global = true)]
+    pub node_addr: Option<SocketAddr>,
+    /// `veil signaling`: pinned SFU node fingerprints, comma-separated.
+    #[arg(
+        long,
+        env = "VEIL_NODE_FINGERPRINTS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub node_fingerprints: Option<Vec<String>>,
+    /// `veil sfu`: signaling's node-link address, `host:port`.
+    #[arg(long, env = "VEIL_SIGNALING_ADDR", global = true)]
+    pub signaling_addr: Option<String>,
+    /// `veil sfu`: signaling's pinned link fingerprint.
+    #[arg(long, env = "VEIL_SIGNALING_FINGERPRINT", global = true)]
+    pub signaling_fingerprint: Option<String>,
+    /// `veil sfu`: this node's name.
+    #[arg(long, env = "VEIL_NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+    /// `veil sfu`: this node's region label.
+    #[arg(long, env = "VEIL_REGION", global = true)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +137,31 @@ impl Config {
             None => Config::default(),
         };
         if let Some(addr) = overrides.http_addr {
+            // This process's HTTP address, whichever role it runs.
             config.signaling.http_addr = addr;
+            config.sfu.http_addr = addr;
+        }
+        if let Some(addr) = overrides.node_addr {
+            config.signaling.node_addr = addr;
+        }
+        if let Some(pins) = &overrides.node_fingerprints {
+            config.signaling.node_fingerprints = pins
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+        }
+        if let Some(addr) = &overrides.signaling_addr {
+            config.node.signaling_addr = addr.clone();
+        }
+        if let Some(pin) = &overrides.signaling_fingerprint {
+            config.node.signaling_fingerprint = pin.clone();
+        }
+        if let Some(name) = &overrides.node_name {
+            config.node.name = name.clone();
+        }
+        if let Some(region) = &overrides.region {
+            config.node.region = region.clone();
         }
         if let Some(addr) = overrides.media_addr {
             config.sfu.media_addr = addr;
@@ -139,6 +198,12 @@ mod tests {
             media_addr: None,
             announce_ip: None,
             log: None,
+            node_addr: None,
+            node_fingerprints: None,
+            signaling_addr: None,
+            signaling_fingerprint: None,
+            node_name: None,
+            region: None,
         }
     }
 

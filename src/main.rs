@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use veil::config::{Cli, Command, Config};
+use veil::config::{Cli, Command, Config, Role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,6 +17,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::All => run_all(config).await,
         Command::Signaling => run_signaling(config).await,
+        Command::Fingerprint { role } => {
+            let dir = match role {
+                Role::Signaling => &config.signaling.identity_dir,
+                Role::Sfu => &config.node.identity_dir,
+            };
+            let identity = veil_sfu::identity::Identity::load_or_create(dir)?;
+            println!("{}", identity.fingerprint());
+            Ok(())
+        }
         Command::Sfu => run_sfu(config).await,
     }
 }

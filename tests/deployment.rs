@@ -33,7 +33,7 @@ fn compose_file_follows_the_compose_specification() {
 #[test]
 fn compose_mounts_what_exists_and_keeps_grafana_private() {
     let text = compose();
-    for service in ["postgres:", "veil:", "prometheus:", "grafana:"] {
+    for service in ["postgres:", "signaling:", "sfu:", "prometheus:", "grafana:"] {
         assert!(
             text.contains(&format!("\n  {service}")),
             "service {service} missing"
@@ -66,17 +66,20 @@ fn compose_mounts_what_exists_and_keeps_grafana_private() {
     .expect("datasource");
     assert!(datasource.contains("url: http://prometheus:9090"));
     assert!(datasource.contains("uid: veil-prometheus"));
-    // Prometheus scrapes the service compose names.
+    // Prometheus scrapes the services compose names.
     let prometheus =
         std::fs::read_to_string(repo("metrics/prometheus/prometheus.yml")).expect("prometheus");
-    assert!(prometheus.contains("targets: [\"veil:8080\"]"));
+    assert!(prometheus.contains("targets: [\"signaling:8080\"]"));
+    assert!(prometheus.contains("targets: [\"sfu:8081\"]"));
 }
 
-/// The `veil` service's environment, with compose's host names and secrets replaced
-/// by this machine's loopback equivalents.
-fn service_environment(http: &str, media: &str) -> Vec<(String, String)> {
+/// A compose service's environment, with compose's host names and secrets replaced
+/// by this machine's loopback equivalents in `overrides`.
+fn service_environment(service: &str, overrides: &[(&str, String)]) -> Vec<(String, String)> {
     let text = compose();
-    let start = text.find("\n  veil:").expect("veil service");
+    let start = text
+        .find(&format!("\n  {service}:"))
+        .unwrap_or_else(|| panic!("service {service}"));
     let section = &text[start..];
     let env_start = section.find("environment:").expect("environment");
     let mut out = Vec::new();
@@ -86,14 +89,15 @@ fn service_environment(http: &str, media: &str) -> Vec<(String, String)> {
             break;
         }
         if let Some((key, value)) = trimmed.split_once(": ") {
-            let value = match key {
-                "VEIL_HTTP_ADDR" => http.to_string(),
-                "VEIL_MEDIA_ADDR" => media.to_string(),
-                "VEIL_ANNOUNCE_IP" => "127.0.0.1".to_string(),
-                // Postgres is not what this test is about; keep the embedded default.
-                "VEIL_DATABASE_URL" => continue,
-                _ => value.to_string(),
-            };
+            // Postgres is not what this test is about; keep the embedded default.
+            if key == "VEIL_DATABASE_URL" {
+                continue;
+            }
+            let value = overrides
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| value.to_string());
             out.push((key.to_string(), value));
         }
     }
@@ -107,45 +111,114 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_service(service: &str, env: Vec<(String, String)>, dir: &Path) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .arg(service)
+            .envs(env)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start veil"),
+    )
+}
+
+async fn json(url: &str) -> Option<serde_json::Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
 #[tokio::test]
-async fn the_veil_service_runs_with_its_compose_environment() {
+async fn signaling_and_sfu_run_with_their_compose_environments() {
+    let root = std::env::temp_dir().join(format!("veil-compose-{}", std::process::id()));
+    let (signaling_dir, sfu_dir) = (root.join("signaling"), root.join("sfu"));
+    std::fs::create_dir_all(&signaling_dir).expect("dir");
+    std::fs::create_dir_all(&sfu_dir).expect("dir");
+    // What `docker compose run --rm <service> fingerprint <role>` prints, in each
+    // service's own data directory.
+    let fingerprint = |dir: &Path, role: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["fingerprint", role])
+            .current_dir(dir)
+            .output()
+            .expect("veil fingerprint");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let signaling_fp = fingerprint(&signaling_dir, "signaling");
+    let sfu_fp = fingerprint(&sfu_dir, "sfu");
+    assert_eq!(signaling_fp.len(), 64);
+    assert_eq!(
+        fingerprint(&signaling_dir, "signaling"),
+        signaling_fp,
+        "not kept"
+    );
+
     let http = format!("127.0.0.1:{}", free_port());
+    let node = format!("127.0.0.1:{}", free_port());
+    let sfu_http = format!("127.0.0.1:{}", free_port());
     let media = format!("127.0.0.1:{}", free_port());
-    let env = service_environment(&http, &media);
-    assert!(env.iter().any(|(k, _)| k == "VEIL_ANNOUNCE_IP"));
-    let data = std::env::temp_dir().join(format!("veil-compose-{}", std::process::id()));
-    std::fs::create_dir_all(&data).expect("dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .envs(env)
-        .current_dir(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start veil");
-    let url = format!("http://{http}/healthz");
+    let signaling_env = service_environment(
+        "signaling",
+        &[
+            ("VEIL_HTTP_ADDR", http.clone()),
+            ("VEIL_NODE_ADDR", node.clone()),
+            ("VEIL_NODE_FINGERPRINTS", sfu_fp),
+        ],
+    );
+    let sfu_env = service_environment(
+        "sfu",
+        &[
+            ("VEIL_HTTP_ADDR", sfu_http.clone()),
+            ("VEIL_MEDIA_ADDR", media),
+            ("VEIL_ANNOUNCE_IP", "127.0.0.1".into()),
+            ("VEIL_SIGNALING_ADDR", node),
+            ("VEIL_SIGNALING_FINGERPRINT", signaling_fp),
+        ],
+    );
+    assert!(sfu_env.iter().any(|(k, _)| k == "VEIL_NODE_NAME"));
+    let _signaling = run_service("signaling", signaling_env, &signaling_dir);
+    let _sfu = run_service("sfu", sfu_env, &sfu_dir);
+
     let started = Instant::now();
     let health = loop {
-        if let Ok(r) = reqwest::get(&url).await
-            && let Ok(body) = r.text().await
+        if let Some(h) = json(&format!("http://{http}/healthz")).await
+            && h["nodes"][0]["up"] == true
         {
-            break body;
+            break h;
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("veil did not answer /healthz");
-        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the SFU node did not register with signaling"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
+    assert_eq!(health["nodes"][0]["name"], "sfu-1");
+    let sfu_health = json(&format!("http://{sfu_http}/healthz"))
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&data);
-    assert!(health.contains("\"ok\""), "{health}");
-    assert!(metrics.contains("veil_sfu_sessions 0"));
-    assert!(metrics.contains("process_resident_memory_bytes"));
+        .expect("sfu health");
+    assert_eq!(sfu_health["status"], "ok");
+    for url in [
+        format!("http://{http}/metrics"),
+        format!("http://{sfu_http}/metrics"),
+    ] {
+        let text = reqwest::get(&url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(text.contains("process_resident_memory_bytes"), "{url}");
+        assert!(text.contains("veil_sfu_sessions"), "{url}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

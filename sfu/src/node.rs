@@ -25,8 +25,9 @@ use crate::wire::{
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Signaling's node-link address (UDP, QUIC).
-    pub signaling_addr: SocketAddr,
+    /// Signaling's node-link address (UDP, QUIC), `host:port`; resolved at each
+    /// connection attempt, so a name that moves is followed.
+    pub signaling_addr: String,
     /// SHA-256 fingerprint of signaling's link certificate (printed at its first start).
     pub signaling_fingerprint: String,
     /// This node's name, unique in the deployment.
@@ -39,7 +40,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            signaling_addr: SocketAddr::from(([127, 0, 0, 1], 7890)),
+            signaling_addr: "127.0.0.1:7890".into(),
             signaling_fingerprint: String::new(),
             name: "sfu-1".into(),
             region: "local".into(),
@@ -70,12 +71,14 @@ pub async fn run(sfu: Sfu, identity: Identity, config: NodeConfig) -> Result<(),
     let pinned =
         crate::identity::parse_fingerprint(&config.signaling_fingerprint).map_err(link_err)?;
     let client = identity.client_config(pinned).map_err(link_err)?;
-    let bind: SocketAddr = if config.signaling_addr.is_ipv6() {
-        "[::]:0".parse().map_err(link_err)?
-    } else {
-        "0.0.0.0:0".parse().map_err(link_err)?
+    let bind: SocketAddr = "[::]:0".parse().map_err(link_err)?;
+    // Dual-stack where the system allows it, IPv4 otherwise.
+    let mut endpoint = match quinn::Endpoint::client(bind) {
+        Ok(e) => e,
+        Err(_) => {
+            quinn::Endpoint::client("0.0.0.0:0".parse().map_err(link_err)?).map_err(link_err)?
+        }
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(link_err)?;
     endpoint.set_default_client_config(client);
     loop {
         match serve_once(&sfu, &endpoint, &config).await {
@@ -93,8 +96,13 @@ async fn serve_once(
     endpoint: &quinn::Endpoint,
     config: &NodeConfig,
 ) -> Result<(), NodeError> {
+    let addr = tokio::net::lookup_host(&config.signaling_addr)
+        .await
+        .map_err(link_err)?
+        .next()
+        .ok_or_else(|| NodeError::Link(format!("{} did not resolve", config.signaling_addr)))?;
     let connection = endpoint
-        .connect(config.signaling_addr, LINK_NAME)
+        .connect(addr, LINK_NAME)
         .map_err(link_err)?
         .await
         .map_err(link_err)?;
