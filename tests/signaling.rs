@@ -263,3 +263,77 @@ async fn a_dropped_socket_resumes_as_the_same_participant_without_a_leave() {
     assert!(veil.signaling.resumes.is_empty());
     veil.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_removes_a_participant_and_ends_the_meeting() {
+    let veil = start_veil().await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/api/rooms", veil.base_url()))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let room = created["room"].as_str().expect("room").to_string();
+    let host_key = created["host_key"].as_str().expect("host key").to_string();
+    let mut wrong = participant(&veil, &room, "Mallory");
+    wrong.host_key = Some("not-the-key".into());
+    match Participant::join(wrong).await {
+        Err(veil_bench::participant::ParticipantError::Refused { code, .. }) => {
+            assert_eq!(code, "not_host")
+        }
+        _ => panic!("a wrong host key was accepted"),
+    }
+    let mut host = participant(&veil, &room, "Host");
+    host.host_key = Some(host_key);
+    let host = Participant::join(host).await.expect("join");
+    let ann = Participant::join(participant(&veil, &room, "Ann"))
+        .await
+        .expect("join");
+    let bo = Participant::join(participant(&veil, &room, "Bo"))
+        .await
+        .expect("join");
+    wait_until("all present", secs(5), || {
+        host.peers().len() == 2 && ann.peers().len() == 2
+    })
+    .await;
+
+    // Not the host: refused, nothing happens.
+    ann.remove(&bo.id);
+    ann.end_meeting();
+    wait_until("two refusals", secs(5), || {
+        ann.errors().iter().filter(|c| *c == "not_host").count() == 2
+    })
+    .await;
+    assert!(bo.closed().is_none());
+
+    host.remove(&bo.id);
+    wait_until("Bo removed", secs(5), || {
+        bo.closed().as_deref() == Some("Removed")
+            && ann.presence_log().contains(&format!("left:{}", bo.id))
+    })
+    .await;
+    wait_until("Bo's media session closed", secs(5), || {
+        veil.sfu.stats().sessions == 2
+    })
+    .await;
+
+    host.end_meeting();
+    wait_until("everyone closed", secs(5), || {
+        ann.closed().as_deref() == Some("MeetingEnded")
+            && host.closed().as_deref() == Some("MeetingEnded")
+    })
+    .await;
+    wait_until("no sessions left", secs(5), || {
+        veil.sfu.stats().sessions == 0
+    })
+    .await;
+    match Participant::join(participant(&veil, &room, "Late")).await {
+        Err(veil_bench::participant::ParticipantError::Refused { code, .. }) => {
+            assert_eq!(code, "not_found")
+        }
+        _ => panic!("joined an ended meeting"),
+    }
+    veil.stop().await.expect("stop");
+}

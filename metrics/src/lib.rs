@@ -34,6 +34,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "blob_too_large",
     "rate_limited",
     "resume_expired",
+    "not_host",
 ];
 
 #[derive(Debug, thiserror::Error)]

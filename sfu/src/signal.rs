@@ -112,6 +112,10 @@ pub enum CloseReason {
     Shutdown,
     /// The SFU node carrying the session stopped answering; the client rejoins elsewhere.
     NodeLost,
+    /// The host removed this participant.
+    Removed,
+    /// The host ended the meeting for everyone.
+    MeetingEnded,
 }
 
 impl CloseReason {
@@ -124,6 +128,8 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::Shutdown => "shutdown",
             CloseReason::NodeLost => "node_lost",
+            CloseReason::Removed => "removed",
+            CloseReason::MeetingEnded => "meeting_ended",
         }
     }
 }

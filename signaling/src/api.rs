@@ -81,21 +81,33 @@ fn from_room_error(e: RoomError) -> ApiError {
         RoomError::UnknownParticipant => {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such participant")
         }
+        RoomError::NotHost => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_host",
+            "the host key is not this meeting's",
+        ),
     }
 }
 
 #[derive(Serialize, Deserialize)]
 pub struct RoomCreated {
     pub room: String,
+    /// Whoever joins with this key is the meeting's host (may remove participants and
+    /// end the meeting). Shown once, to the creator only.
+    pub host_key: String,
 }
 
 /// `POST /api/rooms` — open to anyone until accounts gate room creation.
 pub async fn create_room(State(state): State<Arc<Signaling>>) -> Result<Response, ApiError> {
     match state.rooms.create(Instant::now()) {
-        Ok(room) => {
+        Ok(created) => {
             state.metrics.rooms_created.inc();
             count(&state, "create_room", StatusCode::CREATED, None);
-            Ok((StatusCode::CREATED, Json(RoomCreated { room })).into_response())
+            let body = RoomCreated {
+                room: created.room,
+                host_key: created.host_key,
+            };
+            Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         Err(e) => {
             let err = from_room_error(e);
@@ -109,6 +121,9 @@ pub async fn create_room(State(state): State<Arc<Signaling>>) -> Result<Response
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub display_name: String,
+    /// The host key from room creation, to join as the host.
+    #[serde(default)]
+    pub host_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,10 +144,10 @@ pub async fn join_room(
     match &result {
         Ok(_) => count(&state, "join_room", StatusCode::OK, None),
         Err(e) => {
-            let reason = if e.status == StatusCode::NOT_FOUND {
-                "not_found"
-            } else {
-                "bad_request"
+            let reason = match e.status {
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::FORBIDDEN => "not_host",
+                _ => "bad_request",
             };
             count(&state, "join_room", e.status, Some(reason));
         }
@@ -148,7 +163,7 @@ fn join(state: &Signaling, room: &str, body: &[u8]) -> Result<JoinResponse, ApiE
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_body",
-            "expected a JSON object {\"display_name\": string}",
+            "expected a JSON object {\"display_name\": string, \"host_key\"?: string}",
         )
     })?;
     let name = clean_display_name(&request.display_name).ok_or_else(|| {
@@ -160,7 +175,7 @@ fn join(state: &Signaling, room: &str, body: &[u8]) -> Result<JoinResponse, ApiE
     })?;
     let participant = state
         .rooms
-        .join(room, &name, Instant::now())
+        .join(room, &name, request.host_key.as_deref(), Instant::now())
         .map_err(from_room_error)?;
     let grant = state.signer.sign(&Grant {
         room: room.to_string(),

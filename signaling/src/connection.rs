@@ -165,7 +165,9 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                 }
             }
             Some(msg) = room_rx.recv() => {
-                if send(&mut sink, &state, &msg).await.is_err() {
+                // Removed by the host, or the meeting ended: tell the client and go.
+                let ends = matches!(msg, ServerMessage::Closed { .. });
+                if send(&mut sink, &state, &msg).await.is_err() || ends {
                     break;
                 }
             }
@@ -356,6 +358,25 @@ where
             send(sink, state, &reply).await?;
             Ok(Next::Continue)
         }
+        ClientMessage::Remove { participant } => {
+            let Some(j) = joined.as_ref() else {
+                return not_joined(state, sink).await;
+            };
+            if let Err(e) = state.rooms.remove(&j.room, &j.participant, &participant) {
+                host_refusal(state, sink, e).await?;
+            }
+            Ok(Next::Continue)
+        }
+        ClientMessage::EndMeeting {} => {
+            let Some(j) = joined.as_ref() else {
+                return not_joined(state, sink).await;
+            };
+            if let Err(e) = state.rooms.end_meeting(&j.room, &j.participant) {
+                host_refusal(state, sink, e).await?;
+            }
+            // The host's own connection hears `closed` through its room channel too.
+            Ok(Next::Continue)
+        }
         ClientMessage::Leave {} => {
             match joined.as_ref().and_then(Joined::session) {
                 // The session answers with Closed, which ends the loop.
@@ -465,6 +486,19 @@ where
             Ok(Next::Continue)
         }
     }
+}
+
+async fn host_refusal<S>(state: &Arc<Signaling>, sink: &mut S, e: RoomError) -> Result<(), ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    let code = match e {
+        RoomError::NotHost => "not_host",
+        RoomError::UnknownParticipant => "unknown_participant",
+        _ => "not_found",
+    };
+    state.metrics.error(code);
+    send(sink, state, &ServerMessage::error(code, e.to_string())).await
 }
 
 async fn not_joined<S>(state: &Arc<Signaling>, sink: &mut S) -> Result<Next, ()>

@@ -70,6 +70,12 @@ pub enum ClientMessage {
     },
     /// After `media_reset`: open a new media session for this participant.
     Rejoin {},
+    /// Host only: remove a participant from the meeting.
+    Remove {
+        participant: String,
+    },
+    /// Host only: end the meeting for everyone.
+    EndMeeting {},
     Leave {},
 }
 
@@ -86,6 +92,8 @@ impl ClientMessage {
             ClientMessage::E2ee { .. } => "e2ee",
             ClientMessage::State { .. } => "state",
             ClientMessage::Rejoin {} => "rejoin",
+            ClientMessage::Remove { .. } => "remove",
+            ClientMessage::EndMeeting {} => "end_meeting",
             ClientMessage::Leave {} => "leave",
         }
     }
@@ -104,6 +112,8 @@ impl ClientMessage {
             | ClientMessage::E2ee { .. }
             | ClientMessage::State { .. }
             | ClientMessage::Rejoin {}
+            | ClientMessage::Remove { .. }
+            | ClientMessage::EndMeeting {}
             | ClientMessage::Leave {} => None,
         }
     }

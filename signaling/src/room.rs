@@ -12,6 +12,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::message::{MediaState, Peer, ServerMessage};
+use veil_sfu::CloseReason;
+
+fn key_hash(key: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref());
+    out
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RoomError {
@@ -23,10 +30,21 @@ pub enum RoomError {
     RoomFull,
     #[error("no such participant in this room")]
     UnknownParticipant,
+    #[error("only the meeting's host may do that")]
+    NotHost,
+}
+
+/// A room just created: its id, and the key that makes a joiner its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedRoom {
+    pub room: String,
+    pub host_key: String,
 }
 
 struct Member {
     display_name: String,
+    /// Joined with the room's host key: may remove others and end the meeting.
+    host: bool,
     state: MediaState,
     /// The member's WebSocket, while it is connected.
     connection: Option<UnboundedSender<ServerMessage>>,
@@ -34,6 +52,8 @@ struct Member {
 
 struct RoomRecord {
     created: Instant,
+    /// SHA-256 of the host key; the key itself is only ever with the creator.
+    host_key: [u8; 32],
     /// participant id → member, for the participant list and the relay.
     participants: HashMap<String, Member>,
 }
@@ -98,7 +118,7 @@ impl RoomDirectory {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn create(&self, now: Instant) -> Result<String, RoomError> {
+    pub fn create(&self, now: Instant) -> Result<CreatedRoom, RoomError> {
         let mut rooms = self.rooms();
         let ttl = self.ttl;
         rooms.retain(|_, r| now.saturating_duration_since(r.created) < ttl);
@@ -106,18 +126,27 @@ impl RoomDirectory {
             return Err(RoomError::Full);
         }
         let id = new_room_id();
+        let host_key = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
         rooms.insert(
             id.clone(),
             RoomRecord {
                 created: now,
+                host_key: key_hash(&host_key),
                 participants: HashMap::new(),
             },
         );
-        Ok(id)
+        Ok(CreatedRoom { room: id, host_key })
     }
 
-    /// Admits a new participant id into an existing, unexpired room.
-    pub fn join(&self, room: &str, display_name: &str, now: Instant) -> Result<String, RoomError> {
+    /// Admits a new participant id into an existing, unexpired room; with the room's
+    /// host key, as its host.
+    pub fn join(
+        &self,
+        room: &str,
+        display_name: &str,
+        host_key: Option<&str>,
+        now: Instant,
+    ) -> Result<String, RoomError> {
         let mut rooms = self.rooms();
         let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
         if now.saturating_duration_since(record.created) >= self.ttl {
@@ -127,11 +156,17 @@ impl RoomDirectory {
         if record.participants.len() >= self.max_participants {
             return Err(RoomError::RoomFull);
         }
+        let host = match host_key {
+            Some(key) if key_hash(key) == record.host_key => true,
+            Some(_) => return Err(RoomError::NotHost),
+            None => false,
+        };
         let participant = new_participant_id();
         record.participants.insert(
             participant.clone(),
             Member {
                 display_name: display_name.to_string(),
+                host,
                 state: MediaState::default(),
                 connection: None,
             },
@@ -160,6 +195,52 @@ impl RoomDirectory {
         };
         record.broadcast(participant, &joined);
         Ok(record.peers(participant))
+    }
+
+    /// The host removes `target`: its connection is told and ends itself (and the
+    /// others then hear it left).
+    pub fn remove(&self, room: &str, by: &str, target: &str) -> Result<(), RoomError> {
+        let mut rooms = self.rooms();
+        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
+        if !record.participants.get(by).is_some_and(|m| m.host) {
+            return Err(RoomError::NotHost);
+        }
+        if target == by {
+            return Err(RoomError::UnknownParticipant);
+        }
+        let member = record
+            .participants
+            .get(target)
+            .ok_or(RoomError::UnknownParticipant)?;
+        match &member.connection {
+            Some(tx) => {
+                let _ = tx.send(ServerMessage::Closed {
+                    reason: CloseReason::Removed,
+                });
+            }
+            None => {
+                record.participants.remove(target);
+            }
+        }
+        Ok(())
+    }
+
+    /// The host ends the meeting: everyone is told and the room is gone for good.
+    pub fn end_meeting(&self, room: &str, by: &str) -> Result<(), RoomError> {
+        let mut rooms = self.rooms();
+        let record = rooms.get(room).ok_or(RoomError::NotFound)?;
+        if !record.participants.get(by).is_some_and(|m| m.host) {
+            return Err(RoomError::NotHost);
+        }
+        for member in record.participants.values() {
+            if let Some(tx) = &member.connection {
+                let _ = tx.send(ServerMessage::Closed {
+                    reason: CloseReason::MeetingEnded,
+                });
+            }
+        }
+        rooms.remove(room);
+        Ok(())
     }
 
     /// Points a present participant's presence at a new socket (a resumed
@@ -295,17 +376,60 @@ mod tests {
     fn rooms_expire_and_are_bounded() {
         let t0 = Instant::now();
         let dir = RoomDirectory::new(2, 2, Duration::from_secs(10));
-        let a = dir.create(t0).unwrap();
+        let a = dir.create(t0).unwrap().room;
         dir.create(t0).unwrap();
         assert_eq!(dir.create(t0), Err(RoomError::Full));
-        assert!(dir.join(&a, "Ann", t0).is_ok());
-        assert!(dir.join(&a, "Bo", t0).is_ok());
-        assert_eq!(dir.join(&a, "Cy", t0), Err(RoomError::RoomFull));
+        assert!(dir.join(&a, "Ann", None, t0).is_ok());
+        assert!(dir.join(&a, "Bo", None, t0).is_ok());
+        assert_eq!(dir.join(&a, "Cy", None, t0), Err(RoomError::RoomFull));
         let later = t0 + Duration::from_secs(11);
-        assert_eq!(dir.join(&a, "Dee", later), Err(RoomError::NotFound));
+        assert_eq!(dir.join(&a, "Dee", None, later), Err(RoomError::NotFound));
         assert!(dir.create(later).is_ok());
         assert_eq!(dir.len(), 1);
-        assert_eq!(dir.join("nope", "X", t0), Err(RoomError::NotFound));
+        assert_eq!(dir.join("nope", "X", None, t0), Err(RoomError::NotFound));
+    }
+
+    #[test]
+    fn only_the_host_removes_and_ends() {
+        use tokio::sync::mpsc::unbounded_channel;
+        let t0 = Instant::now();
+        let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
+        let created = dir.create(t0).unwrap();
+        let room = created.room.clone();
+        assert_eq!(
+            dir.join(&room, "Mallory", Some("wrong-key"), t0),
+            Err(RoomError::NotHost)
+        );
+        let host = dir
+            .join(&room, "Host", Some(&created.host_key), t0)
+            .unwrap();
+        let ann = dir.join(&room, "Ann", None, t0).unwrap();
+        let bo = dir.join(&room, "Bo", None, t0).unwrap();
+        let (host_tx, mut host_rx) = unbounded_channel();
+        let (ann_tx, mut ann_rx) = unbounded_channel();
+        let (bo_tx, mut bo_rx) = unbounded_channel();
+        dir.attach(&room, &host, host_tx).unwrap();
+        dir.attach(&room, &ann, ann_tx).unwrap();
+        dir.attach(&room, &bo, bo_tx).unwrap();
+        drain(&mut host_rx);
+        drain(&mut ann_rx);
+        assert_eq!(dir.remove(&room, &ann, &bo), Err(RoomError::NotHost));
+        assert_eq!(dir.end_meeting(&room, &ann), Err(RoomError::NotHost));
+        dir.remove(&room, &host, &bo).unwrap();
+        assert_eq!(
+            drain(&mut bo_rx),
+            vec![ServerMessage::Closed {
+                reason: CloseReason::Removed
+            }]
+        );
+        assert!(drain(&mut ann_rx).is_empty());
+        dir.end_meeting(&room, &host).unwrap();
+        let ended = ServerMessage::Closed {
+            reason: CloseReason::MeetingEnded,
+        };
+        assert_eq!(drain(&mut ann_rx), vec![ended.clone()]);
+        assert_eq!(drain(&mut host_rx), vec![ended]);
+        assert_eq!(dir.join(&room, "Late", None, t0), Err(RoomError::NotFound));
     }
 
     fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ServerMessage>) -> Vec<ServerMessage> {
@@ -321,11 +445,11 @@ mod tests {
         use tokio::sync::mpsc::unbounded_channel;
         let t0 = Instant::now();
         let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
-        let room = dir.create(t0).unwrap();
-        let other_room = dir.create(t0).unwrap();
-        let ann = dir.join(&room, "Ann", t0).unwrap();
-        let bo = dir.join(&room, "Bo", t0).unwrap();
-        let cy = dir.join(&other_room, "Cy", t0).unwrap();
+        let room = dir.create(t0).unwrap().room;
+        let other_room = dir.create(t0).unwrap().room;
+        let ann = dir.join(&room, "Ann", None, t0).unwrap();
+        let bo = dir.join(&room, "Bo", None, t0).unwrap();
+        let cy = dir.join(&other_room, "Cy", None, t0).unwrap();
         let (ann_tx, mut ann_rx) = unbounded_channel();
         let (bo_tx, mut bo_rx) = unbounded_channel();
         let (cy_tx, mut cy_rx) = unbounded_channel();

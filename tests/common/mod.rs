@@ -24,6 +24,7 @@ pub fn new_room(veil: &Running) -> String {
         .rooms
         .create(Instant::now())
         .expect("create room")
+        .room
 }
 
 pub fn participant(veil: &Running, room: &str, name: &str) -> ParticipantConfig {
