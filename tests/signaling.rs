@@ -188,7 +188,12 @@ async fn bad_messages_get_typed_errors_and_the_room_stays_healthy() {
     assert!(ann.errors().is_empty() && bo.errors().is_empty());
 
     // An oversized frame ends only that connection.
-    let _ = ws.send(Message::Text("x".repeat(70 * 1024).into())).await;
+    let _ = ws
+        .send(Message::Text(
+            "x".repeat(veil_signaling::message::MAX_MESSAGE_BYTES + 1024)
+                .into(),
+        ))
+        .await;
     let ended = within("oversized frame closes the socket", secs(5), async {
         loop {
             match ws.next().await {

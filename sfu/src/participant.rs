@@ -28,6 +28,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
 use crate::SfuInner;
 use crate::feedback::ReceiverReports;
@@ -470,12 +471,27 @@ impl Session {
                 ..Default::default()
             }],
         )));
-        let sender = match self
+        // A transceiver of its own, send-only: `add_track` would reuse any transceiver
+        // without a sender, including the ones this participant publishes on, and a
+        // client cannot be relied on to receive on its own (simulcast) send m-line.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![producer.publisher.clone()],
+            send_encodings: Vec::new(),
+        };
+        let added = self
             .pc
-            .add_track(track.clone() as Arc<dyn TrackLocal>)
-            .await
-        {
-            Ok(sender) => sender,
+            .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(init))
+            .await;
+        let sender = match added {
+            Ok(transceiver) => match transceiver.sender().await {
+                Ok(Some(sender)) => sender,
+                _ => {
+                    self.error("subscribe_failed", "transceiver without a sender".into())
+                        .await;
+                    return;
+                }
+            },
             Err(e) => {
                 self.error("subscribe_failed", e.to_string()).await;
                 return;

@@ -7,8 +7,10 @@
 use serde::{Deserialize, Serialize};
 use veil_sfu::{ClientSignal, CloseReason, IceCandidate, Layer, SfuSignal, TrackInfo};
 
-/// Largest text frame signaling accepts (SDP of a large room fits comfortably).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest text frame signaling accepts. A session description grows by a few hundred
+/// bytes per track received (each has its own m-line), so a full room of 100 people
+/// publishing camera, microphone and screen needs about 100 KiB; this leaves room.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 /// Largest E2EE blob relayed (base64 text); key messages are far smaller.
 pub const MAX_BLOB_BYTES: usize = 16 * 1024;
 
