@@ -35,6 +35,57 @@ impl Default for LogConfig {
     }
 }
 
+/// Crates whose logs can carry peer addresses (ICE candidates, SRTP and QUIC errors
+/// name the remote address). They are off unless the filter names them, so Veil's
+/// logs never hold an IP address (P2).
+pub const ADDRESS_LOGGING_CRATES: &[&str] = &[
+    "rtc",
+    "rtc_ice",
+    "rtc_dtls",
+    "rtc_srtp",
+    "rtc_sctp",
+    "rtc_stun",
+    "rtc_turn",
+    "rtc_mdns",
+    "rtc_interceptor",
+    "rtc_datachannel",
+    "rtc_rtp",
+    "rtc_rtcp",
+    "rtc_sdp",
+    "rtc_media",
+    "rtc_shared",
+    "webrtc",
+    "quinn",
+    "quinn_proto",
+    "quinn_udp",
+    "rustls",
+    "hyper",
+    "hyper_util",
+    "axum",
+    "tungstenite",
+    "tokio_tungstenite",
+    "reqwest",
+];
+
+impl LogConfig {
+    /// The `tracing` filter to install: the configured one, with the crates in
+    /// [`ADDRESS_LOGGING_CRATES`] turned off unless it names them explicitly.
+    pub fn filter(&self) -> String {
+        let mut filter = self.level.clone();
+        for krate in ADDRESS_LOGGING_CRATES {
+            let named = self.level.split(',').any(|d| {
+                d.trim().split('=').next().is_some_and(|t| {
+                    t.trim() == *krate || t.trim().starts_with(&format!("{krate}::"))
+                })
+            });
+            if !named {
+                filter.push_str(&format!(",{krate}=off"));
+            }
+        }
+        filter
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "veil",
@@ -205,6 +256,22 @@ mod tests {
             node_name: None,
             region: None,
         }
+    }
+
+    #[test]
+    fn dependency_logs_that_name_addresses_are_off_unless_asked_for() {
+        let default = LogConfig::default().filter();
+        assert!(default.starts_with("info,"));
+        assert!(default.contains(",rtc=off"));
+        assert!(default.contains(",rtc_ice=off"));
+        assert!(default.contains(",quinn=off"));
+        let asked = LogConfig {
+            level: "info,rtc_ice=debug".into(),
+        }
+        .filter();
+        assert!(!asked.contains("rtc_ice=off"));
+        assert!(asked.contains("rtc=off"));
+        assert!(tracing_subscriber::EnvFilter::try_new(&default).is_ok());
     }
 
     #[test]

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_logs(config: &Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&config.log.level).context("invalid log filter")?)
+        .with_env_filter(EnvFilter::try_new(config.log.filter()).context("invalid log filter")?)
         .init();
     Ok(())
 }

@@ -114,9 +114,11 @@ async fn no_identifier_reaches_metrics_or_logs() {
     let logs = Captured::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "info,veil=debug,veil_sfu=debug,veil_signaling=debug,veil_metrics=debug",
-        ))
+        // The filter Veil installs by default, with its own crates at debug.
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{},veil=debug,veil_sfu=debug,veil_signaling=debug,veil_metrics=debug",
+            veil::config::LogConfig::default().filter()
+        )))
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .init();

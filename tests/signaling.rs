@@ -187,10 +187,20 @@ async fn bad_messages_get_typed_errors_and_the_room_stays_healthy() {
     .await;
     assert!(ann.errors().is_empty() && bo.errors().is_empty());
 
-    // An oversized frame ends only that connection.
+    // An oversized message gets a typed error; the connection stays usable.
+    send_text(
+        &mut ws,
+        "x".repeat(veil_signaling::message::MAX_MESSAGE_BYTES + 1024),
+    )
+    .await;
+    assert_eq!(next_of(&mut ws, "error").await["code"], "message_too_large");
+    send_text(&mut ws, "{not json".to_string()).await;
+    assert_eq!(next_of(&mut ws, "error").await["code"], "malformed_message");
+
+    // A frame past the WebSocket layer's cap ends only that connection.
     let _ = ws
         .send(Message::Text(
-            "x".repeat(veil_signaling::message::MAX_MESSAGE_BYTES + 1024)
+            "x".repeat(veil_signaling::message::MAX_FRAME_BYTES + 1024)
                 .into(),
         ))
         .await;

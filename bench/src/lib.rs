@@ -8,6 +8,11 @@
 //! Must never: talk to anything but the Veil server it is pointed at, or use a real
 //! media key outside tests.
 
+pub mod histogram;
+pub mod load;
 pub mod media;
 pub mod participant;
 pub mod payload;
+pub mod relay;
+pub mod report;
+pub mod usage;

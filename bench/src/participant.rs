@@ -84,6 +84,8 @@ pub struct ParticipantConfig {
     pub screen: Option<VideoConfig>,
     /// Keep a hash of every payload sent and received (tests compare them).
     pub record_payloads: bool,
+    /// The room's host key, to join as its host.
+    pub host_key: Option<String>,
 }
 
 impl ParticipantConfig {
@@ -97,6 +99,7 @@ impl ParticipantConfig {
             video: Some(VideoConfig::default()),
             screen: None,
             record_payloads: true,
+            host_key: None,
         }
     }
 }
@@ -147,6 +150,8 @@ pub struct RemoteTrackStats {
     /// One-way latency (send time in the payload → arrival), microseconds.
     pub latency_sum_micros: u64,
     pub latency_max_micros: u64,
+    /// The same one-way latencies as a histogram, for percentiles over a window.
+    pub latency: crate::histogram::LatencyHistogram,
     pub ended: bool,
     last_sequence: Option<u16>,
     last_layer: Option<Option<Layer>>,
@@ -188,6 +193,12 @@ struct Record {
     e2ee: Vec<(String, String)>,
     errors: Vec<String>,
     closed: Option<String>,
+    /// Media resets (lost SFU node) this participant recovered from.
+    media_resets: u64,
+    /// Sockets resumed after a drop.
+    resumes: u64,
+    /// Presence as announced: `joined:<id>` / `left:<id>`, in order.
+    presence_log: Vec<String>,
 }
 
 struct Shared {
@@ -197,6 +208,10 @@ struct Shared {
     /// Bumped each time one of our offers is answered (our senders are negotiated).
     negotiated: watch::Sender<u64>,
     participant: String,
+    /// The current peer connection's number (a media reset builds a new one).
+    generation: std::sync::atomic::AtomicU64,
+    /// The task reading each received track, by track id.
+    receivers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Shared {
@@ -208,6 +223,10 @@ impl Shared {
 enum Command {
     Send(ClientMessage),
     LocalCandidate(RTCIceCandidateInit),
+    /// Drop the socket as a network failure would, and resume on a new one.
+    Reconnect,
+    /// Close the socket without a `leave`.
+    Close,
     Leave,
 }
 
@@ -215,25 +234,45 @@ struct Events {
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Which peer connection this is; events of a replaced one are ignored.
+    generation: u64,
+}
+
+impl Events {
+    fn current(&self) -> bool {
+        self.shared.generation.load(Ordering::Acquire) == self.generation
+    }
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
+        if self.current()
+            && let Ok(init) = event.candidate.to_json()
+        {
             let _ = self.commands.send(Command::LocalCandidate(init));
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         debug!(?state, "participant connection state");
-        self.shared
-            .connected
-            .send_replace(state == RTCPeerConnectionState::Connected);
+        if self.current() {
+            self.shared
+                .connected
+                .send_replace(state == RTCPeerConnectionState::Connected);
+        }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if !self.current() {
+            return;
+        }
+        let id = track.track_id().await;
         let task = tokio::spawn(receive_track(track, self.shared.clone()));
+        // Replaced (and so ended) when renegotiation removes the track.
+        if let Some(old) = lock(&self.shared.receivers).insert(id, task.abort_handle()) {
+            old.abort();
+        }
         lock(&self.tasks).push(task);
     }
 }
@@ -247,7 +286,8 @@ pub struct Participant {
     pub joined_at: Instant,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
-    pc: Arc<dyn PeerConnection>,
+    /// The current peer connection (replaced when a lost SFU node forces a rejoin).
+    pc: Arc<Mutex<Arc<dyn PeerConnection>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     signaling: Option<JoinHandle<()>>,
 }
@@ -255,6 +295,8 @@ pub struct Participant {
 #[derive(serde::Serialize)]
 struct JoinBody<'a> {
     display_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_key: Option<&'a str>,
 }
 
 #[derive(serde::Deserialize)]
@@ -279,6 +321,7 @@ pub async fn request_grant(
         .post(url)
         .json(&JoinBody {
             display_name: &config.display_name,
+            host_key: config.host_key.as_deref(),
         })
         .send()
         .await
@@ -303,13 +346,47 @@ pub async fn request_grant(
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens the WebSocket and presents a grant; returns the socket, the participant and
-/// room ids and who is already present, once `joined` arrives.
+/// A socket that joined.
+pub struct Joined {
+    pub ws: WsStream,
+    pub participant: String,
+    pub room: String,
+    /// Who else was present.
+    pub peers: Vec<Peer>,
+    /// The token that resumes this participant on a new socket.
+    pub resume: Option<String>,
+}
+
+/// Resumes a participant on a new socket after the previous one dropped.
+pub async fn resume_socket(server: &str, token: &str) -> Result<Joined, ParticipantError> {
+    first_message(
+        server,
+        "/ws",
+        &ClientMessage::Resume {
+            token: token.to_string(),
+        },
+    )
+    .await
+}
+
+/// Opens the WebSocket and presents a grant; returns once `joined` arrives.
 pub async fn open_socket(
     server: &str,
     ws_path: &str,
     grant: Option<&str>,
-) -> Result<(WsStream, String, String, Vec<Peer>), ParticipantError> {
+) -> Result<Joined, ParticipantError> {
+    let join = ClientMessage::Join {
+        grant: grant.map(str::to_string),
+        room: None,
+    };
+    first_message(server, ws_path, &join).await
+}
+
+async fn first_message(
+    server: &str,
+    ws_path: &str,
+    first: &ClientMessage,
+) -> Result<Joined, ParticipantError> {
     let ws_url = format!(
         "{}{}",
         server
@@ -320,21 +397,23 @@ pub async fn open_socket(
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
         .await
         .map_err(|e| ParticipantError::WebSocket(e.to_string()))?;
-    send_message(
-        &mut ws,
-        &ClientMessage::Join {
-            grant: grant.map(str::to_string),
-            room: None,
-        },
-    )
-    .await?;
+    send_message(&mut ws, first).await?;
     loop {
         match next_message(&mut ws).await? {
             Some(ServerMessage::Joined {
                 participant,
                 room,
                 participants,
-            }) => return Ok((ws, participant, room, participants)),
+                resume,
+            }) => {
+                return Ok(Joined {
+                    ws,
+                    participant,
+                    room,
+                    peers: participants,
+                    resume,
+                });
+            }
             Some(ServerMessage::Error { code, message }) => {
                 return Err(ParticipantError::Refused { code, message });
             }
@@ -490,6 +569,47 @@ async fn add_source(
     })
 }
 
+/// Builds a peer connection for the current generation, adds this participant's
+/// sources and starts sending on them. Returns the connection and whether there is
+/// anything to offer.
+async fn start_media(
+    config: &ParticipantConfig,
+    shared: &Arc<Shared>,
+    commands: &mpsc::UnboundedSender<Command>,
+    tasks: &Arc<Mutex<Vec<JoinHandle<()>>>>,
+) -> Result<(Arc<dyn PeerConnection>, bool), ParticipantError> {
+    let id = &shared.participant;
+    let pc = build_peer_connection(Arc::new(Events {
+        commands: commands.clone(),
+        shared: shared.clone(),
+        tasks: tasks.clone(),
+        generation: shared.generation.load(Ordering::Acquire),
+    }))
+    .await?;
+    let mut sources = Vec::new();
+    if config.audio {
+        sources.push(add_source(&pc, id, Kind::Audio, None).await?);
+    }
+    if let Some(v) = config.video {
+        sources.push(add_source(&pc, id, Kind::Video, Some(v)).await?);
+    }
+    if let Some(v) = config.screen {
+        sources.push(add_source(&pc, id, Kind::Screen, Some(v)).await?);
+    }
+    let needs_offer = !sources.is_empty();
+    for source in sources {
+        let source = Arc::new(source);
+        let feedback = Arc::new(KeyframeRequests::default());
+        lock(tasks).push(tokio::spawn(watch_feedback(
+            source.clone(),
+            feedback.clone(),
+            shared.clone(),
+        )));
+        lock(tasks).push(tokio::spawn(send_media(source, feedback, shared.clone())));
+    }
+    Ok((pc, needs_offer))
+}
+
 impl Participant {
     /// Asks for a grant, joins, publishes what `config` says and starts receiving.
     pub async fn join(config: ParticipantConfig) -> Result<Participant, ParticipantError> {
@@ -504,7 +624,13 @@ impl Participant {
         ws_path: &str,
     ) -> Result<Participant, ParticipantError> {
         let joined_at = Instant::now();
-        let (ws, id, room, peers) = open_socket(&config.server, ws_path, Some(grant)).await?;
+        let Joined {
+            ws,
+            participant: id,
+            room,
+            peers,
+            resume,
+        } = open_socket(&config.server, ws_path, Some(grant)).await?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             record: Mutex::new(Record {
@@ -518,40 +644,23 @@ impl Participant {
             connected: watch::channel(false).0,
             negotiated: watch::channel(0).0,
             participant: id.clone(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            receivers: Mutex::new(HashMap::new()),
         });
         let tasks = Arc::new(Mutex::new(Vec::new()));
-        let pc = build_peer_connection(Arc::new(Events {
-            commands: commands.clone(),
-            shared: shared.clone(),
-            tasks: tasks.clone(),
-        }))
-        .await?;
-        let mut sources = Vec::new();
-        if config.audio {
-            sources.push(add_source(&pc, &id, Kind::Audio, None).await?);
-        }
-        if let Some(v) = config.video {
-            sources.push(add_source(&pc, &id, Kind::Video, Some(v)).await?);
-        }
-        if let Some(v) = config.screen {
-            sources.push(add_source(&pc, &id, Kind::Screen, Some(v)).await?);
-        }
-        let needs_offer = !sources.is_empty();
-        for source in sources {
-            let source = Arc::new(source);
-            let feedback = Arc::new(KeyframeRequests::default());
-            lock(&tasks).push(tokio::spawn(watch_feedback(
-                source.clone(),
-                feedback.clone(),
-                shared.clone(),
-            )));
-            lock(&tasks).push(tokio::spawn(send_media(source, feedback, shared.clone())));
-        }
+        let (pc, needs_offer) = start_media(&config, &shared, &commands, &tasks).await?;
+        let pc_slot = Arc::new(Mutex::new(pc.clone()));
         let negotiator = Negotiator {
-            pc: pc.clone(),
+            resume,
+            pc,
+            pc_slot: pc_slot.clone(),
             shared: shared.clone(),
+            config,
+            commands: commands.clone(),
+            tasks: tasks.clone(),
             making_offer: false,
             needs_offer,
+            awaiting_rejoin: false,
             pending_candidates: Vec::new(),
         };
         let signaling = tokio::spawn(negotiator.run(ws, command_rx));
@@ -561,7 +670,7 @@ impl Participant {
             joined_at,
             shared,
             commands,
-            pc,
+            pc: pc_slot,
             tasks,
             signaling: Some(signaling),
         })
@@ -620,11 +729,45 @@ impl Participant {
         }));
     }
 
+    /// Host only: removes a participant from the meeting.
+    pub fn remove(&self, participant: &str) {
+        let _ = self.commands.send(Command::Send(ClientMessage::Remove {
+            participant: participant.to_string(),
+        }));
+    }
+
+    /// Host only: ends the meeting for everyone.
+    pub fn end_meeting(&self) {
+        let _ = self
+            .commands
+            .send(Command::Send(ClientMessage::EndMeeting {}));
+    }
+
     /// Tells the others about mute, camera, screen and hand state.
     pub fn set_state(&self, state: MediaState) {
         let _ = self
             .commands
             .send(Command::Send(ClientMessage::State { state }));
+    }
+
+    /// Drops the WebSocket as a network failure would, then resumes on a new one.
+    pub fn drop_connection(&self) {
+        let _ = self.commands.send(Command::Reconnect);
+    }
+
+    /// Sockets resumed after a drop.
+    pub fn resumes(&self) -> u64 {
+        self.shared.record().resumes
+    }
+
+    /// Presence announcements received: `joined:<id>` / `left:<id>`, in order.
+    pub fn presence_log(&self) -> Vec<String> {
+        self.shared.record().presence_log.clone()
+    }
+
+    /// How many times the media session was lost and rebuilt (SFU node failover).
+    pub fn media_resets(&self) -> u64 {
+        self.shared.record().media_resets
     }
 
     /// Error codes the server sent.
@@ -654,17 +797,20 @@ impl Participant {
             let _ = tokio::time::timeout(Duration::from_secs(5), signaling).await;
         }
         self.stop_tasks();
-        let _ = self.pc.close().await;
+        let pc = lock(&self.pc).clone();
+        let _ = pc.close().await;
     }
 
-    /// Drops off without a word, as a crashed client would: only the SFU's own
-    /// timeouts and the closed WebSocket tell it.
+    /// Goes without a `leave`, as a closed browser tab does: the socket closes (with a
+    /// close frame) and the peer connection with it.
     pub async fn vanish(mut self) {
+        let _ = self.commands.send(Command::Close);
         if let Some(signaling) = self.signaling.take() {
-            signaling.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), signaling).await;
         }
         self.stop_tasks();
-        let _ = self.pc.close().await;
+        let pc = lock(&self.pc).clone();
+        let _ = pc.close().await;
     }
 
     fn stop_tasks(&self) {
@@ -683,21 +829,43 @@ impl Drop for Participant {
     }
 }
 
-/// The polite side of perfect negotiation, plus the WebSocket pump.
+/// The polite side of perfect negotiation, plus the WebSocket pump and the recovery
+/// from a lost SFU node (`media_reset` → new peer connection → `rejoin`).
 struct Negotiator {
+    /// Resumes this participant when the socket drops.
+    resume: Option<String>,
     pc: Arc<dyn PeerConnection>,
+    pc_slot: Arc<Mutex<Arc<dyn PeerConnection>>>,
     shared: Arc<Shared>,
+    config: ParticipantConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     making_offer: bool,
     needs_offer: bool,
+    /// `rejoin` sent; media negotiation waits for `joined`.
+    awaiting_rejoin: bool,
     pending_candidates: Vec<RTCIceCandidateInit>,
 }
 
 impl Negotiator {
-    async fn run(mut self, mut ws: WsStream, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, ws: WsStream, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut ws = ws;
+        let mut reconnect = false;
         if let Err(e) = self.maybe_offer(&mut ws).await {
             self.note_error(&e);
         }
         loop {
+            if std::mem::take(&mut reconnect) {
+                // No close frame: to the server this is a dropped connection.
+                drop(ws);
+                ws = match self.resume().await {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        self.note_error(&e);
+                        break;
+                    }
+                };
+            }
             tokio::select! {
                 msg = next_message(&mut ws) => {
                     let msg = match msg {
@@ -726,6 +894,14 @@ impl Negotiator {
                             };
                             send_message(&mut ws, &ClientMessage::Candidate { candidate }).await
                         }
+                        Some(Command::Reconnect) => {
+                            reconnect = self.resume.is_some();
+                            Ok(())
+                        }
+                        Some(Command::Close) => {
+                            let _ = ws.close(None).await;
+                            break;
+                        }
                         Some(Command::Leave) | None => {
                             let _ = send_message(&mut ws, &ClientMessage::Leave {}).await;
                             // Wait for `closed` so the server has torn the session down.
@@ -753,9 +929,66 @@ impl Negotiator {
         self.shared.connected.send_replace(false);
     }
 
+    /// Resumes on a new socket; retries briefly while the server notices the drop.
+    async fn resume(&mut self) -> Result<WsStream, ParticipantError> {
+        let token = self
+            .resume
+            .clone()
+            .ok_or_else(|| ParticipantError::Protocol("no resume token".into()))?;
+        let mut last = None;
+        for _ in 0..20 {
+            match resume_socket(&self.config.server, &token).await {
+                Ok(joined) => {
+                    self.resume = joined.resume;
+                    let mut record = self.shared.record();
+                    record.resumes += 1;
+                    record.peers = joined
+                        .peers
+                        .into_iter()
+                        .map(|p| (p.participant.clone(), p))
+                        .collect();
+                    return Ok(joined.ws);
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or_else(|| ParticipantError::Protocol("resume failed".into())))
+    }
+
     fn note_error(&self, e: &ParticipantError) {
         debug!(participant = %self.shared.participant, "negotiation error: {e}");
         self.shared.record().errors.push(e.to_string());
+    }
+
+    /// The SFU node carrying our media is gone: drop everything media, keep the
+    /// WebSocket, presence and (in a browser) the E2EE keys, and start again.
+    async fn reset_media(&mut self, ws: &mut WsStream) -> Result<(), ParticipantError> {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.connected.send_replace(false);
+        self.shared.negotiated.send_replace(0);
+        {
+            let mut record = self.shared.record();
+            record.media_resets += 1;
+            record.published.clear();
+            for track in record.tracks.values_mut() {
+                track.ended = true;
+            }
+        }
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        lock(&self.shared.receivers).clear();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+        let (pc, needs_offer) =
+            start_media(&self.config, &self.shared, &self.commands, &self.tasks).await?;
+        *lock(&self.pc_slot) = pc.clone();
+        self.pc = pc;
+        self.making_offer = false;
+        self.needs_offer = needs_offer;
+        self.pending_candidates.clear();
+        self.awaiting_rejoin = true;
+        send_message(ws, &ClientMessage::Rejoin {}).await
     }
 
     async fn on_server(
@@ -764,6 +997,15 @@ impl Negotiator {
         msg: ServerMessage,
     ) -> Result<(), ParticipantError> {
         match msg {
+            ServerMessage::MediaReset { .. } => self.reset_media(ws).await?,
+            ServerMessage::Joined { participants, .. } if self.awaiting_rejoin => {
+                self.awaiting_rejoin = false;
+                self.shared.record().peers = participants
+                    .into_iter()
+                    .map(|p| (p.participant.clone(), p))
+                    .collect();
+                self.maybe_offer(ws).await?;
+            }
             ServerMessage::Offer { sdp } => {
                 if self.making_offer {
                     // Glare: we are polite; roll back ours, answer theirs, offer again.
@@ -834,15 +1076,19 @@ impl Negotiator {
                 participant,
                 display_name,
             } => {
+                let mut record = self.shared.record();
+                record.presence_log.push(format!("joined:{participant}"));
                 let peer = Peer {
                     participant: participant.clone(),
                     display_name,
                     state: MediaState::default(),
                 };
-                self.shared.record().peers.insert(participant, peer);
+                record.peers.insert(participant, peer);
             }
             ServerMessage::ParticipantLeft { participant } => {
-                self.shared.record().peers.remove(&participant);
+                let mut record = self.shared.record();
+                record.presence_log.push(format!("left:{participant}"));
+                record.peers.remove(&participant);
             }
             ServerMessage::ParticipantState { participant, state } => {
                 if let Some(peer) = self.shared.record().peers.get_mut(&participant) {
@@ -870,6 +1116,11 @@ impl Negotiator {
                 removed.push(receiver.track().track_id().await);
             }
         }
+        for id in &removed {
+            if let Some(task) = lock(&self.shared.receivers).remove(id) {
+                task.abort();
+            }
+        }
         let mut record = self.shared.record();
         for id in removed {
             if let Some(stats) = record.tracks.get_mut(&id) {
@@ -895,7 +1146,7 @@ impl Negotiator {
     }
 
     async fn maybe_offer(&mut self, ws: &mut WsStream) -> Result<(), ParticipantError> {
-        if !self.needs_offer || self.making_offer {
+        if !self.needs_offer || self.making_offer || self.awaiting_rejoin {
             return Ok(());
         }
         let offer = self.pc.create_offer(None).await.map_err(pc_err)?;
@@ -1236,6 +1487,7 @@ fn on_packet(shared: &Shared, track: &str, packet: &rtp::Packet) {
     let latency = now_micros().saturating_sub(body.sent_micros);
     stats.latency_sum_micros += latency;
     stats.latency_max_micros = stats.latency_max_micros.max(latency);
+    stats.latency.record(latency);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -13,14 +13,16 @@ use veil_sfu::grant::Grant;
 use veil_sfu::{CloseReason, SessionId, SessionRequest, SfuSignal};
 
 use crate::Signaling;
-use crate::message::{ClientMessage, MAX_BLOB_BYTES, MAX_MESSAGE_BYTES, ServerMessage};
+use crate::message::{
+    ClientMessage, MAX_BLOB_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, ServerMessage,
+};
 use crate::quota::{MessageQuota, Verdict};
 use crate::room::RoomError;
 
 /// `GET /ws`
 pub async fn upgrade(State(state): State<Arc<Signaling>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| run(socket, state))
 }
 
@@ -158,6 +160,15 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                         if send(&mut sink, &state, &msg).await.is_err() { break; }
                         continue;
                     }
+                }
+                if text.len() > MAX_MESSAGE_BYTES {
+                    state.metrics.error("message_too_large");
+                    let msg = ServerMessage::error(
+                        "message_too_large",
+                        format!("a message is at most {MAX_MESSAGE_BYTES} bytes"),
+                    );
+                    if send(&mut sink, &state, &msg).await.is_err() { break; }
+                    continue;
                 }
                 match handle(&state, &mut sink, &mut joined, &room_tx, text.as_str()).await {
                     Ok(Next::Continue) => {}

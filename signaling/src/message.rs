@@ -11,6 +11,9 @@ use veil_sfu::{ClientSignal, CloseReason, IceCandidate, Layer, SfuSignal, TrackI
 /// bytes per track received (each has its own m-line), so a full room of 100 people
 /// publishing camera, microphone and screen needs about 100 KiB; this leaves room.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
+/// Frames up to this size are read and refused with a typed error; a larger one ends
+/// the connection in the WebSocket layer, before it is buffered.
+pub const MAX_FRAME_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 /// Largest E2EE blob relayed (base64 text); key messages are far smaller.
 pub const MAX_BLOB_BYTES: usize = 16 * 1024;
 
