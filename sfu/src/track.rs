@@ -111,6 +111,8 @@ pub struct Producer {
     family: CodecFamily,
     remote: Arc<dyn TrackRemote>,
     metrics: Arc<Metrics>,
+    /// This track's kind-labelled counters, looked up once instead of per packet.
+    counters: KindCounters,
     join: Arc<JoinClock>,
     table: Mutex<LayerTable>,
     consumers: RwLock<Vec<Arc<Consumer>>>,
@@ -132,6 +134,7 @@ impl Producer {
         join: Arc<JoinClock>,
     ) -> Self {
         let family = CodecFamily::of(&codec.mime_type);
+        let counters = KindCounters::new(&metrics, kind);
         Producer {
             id,
             publisher,
@@ -143,6 +146,7 @@ impl Producer {
             family,
             remote,
             metrics,
+            counters,
             join,
             table: Mutex::new(LayerTable::default()),
             consumers: RwLock::new(Vec::new()),
@@ -230,17 +234,9 @@ impl Producer {
     /// Forwards one incoming packet to every ready consumer.
     pub async fn forward(&self, packet: rtp::Packet) {
         let now = Instant::now();
-        let kind = match self.kind {
-            MediaKind::Audio => "audio",
-            MediaKind::Video => "video",
-        };
-        self.metrics
-            .rtp_received_packets
-            .with_label_values(&[kind])
-            .inc();
-        self.metrics
-            .rtp_received_bytes
-            .with_label_values(&[kind])
+        self.counters.received_packets.inc();
+        self.counters
+            .received_bytes
             .inc_by(packet.payload.len() as u64);
         let (layer, available) = {
             let mut table = lock(&self.table);
@@ -280,14 +276,31 @@ impl Producer {
         }
         if packets > 0 {
             self.join.media_flowed(&self.metrics);
-            self.metrics
-                .rtp_forwarded_packets
-                .with_label_values(&[kind])
-                .inc_by(packets);
-            self.metrics
-                .rtp_forwarded_bytes
-                .with_label_values(&[kind])
-                .inc_by(bytes);
+            self.counters.forwarded_packets.inc_by(packets);
+            self.counters.forwarded_bytes.inc_by(bytes);
+        }
+    }
+}
+
+/// The `kind`-labelled RTP counters of one track.
+struct KindCounters {
+    received_packets: prometheus::IntCounter,
+    received_bytes: prometheus::IntCounter,
+    forwarded_packets: prometheus::IntCounter,
+    forwarded_bytes: prometheus::IntCounter,
+}
+
+impl KindCounters {
+    fn new(metrics: &Metrics, kind: MediaKind) -> Self {
+        let kind = match kind {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        };
+        KindCounters {
+            received_packets: metrics.rtp_received_packets.with_label_values(&[kind]),
+            received_bytes: metrics.rtp_received_bytes.with_label_values(&[kind]),
+            forwarded_packets: metrics.rtp_forwarded_packets.with_label_values(&[kind]),
+            forwarded_bytes: metrics.rtp_forwarded_bytes.with_label_values(&[kind]),
         }
     }
 }
