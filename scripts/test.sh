@@ -37,4 +37,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "tests"
 # WebRTC tests keep every peer on loopback; they run a few at a time so that two
 # cores are not oversubscribed by many simultaneous peer connections.
-cargo test --locked --workspace -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --workspace -- --test-threads=2 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary, the last of
+# which is often an empty doc-test run).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"
