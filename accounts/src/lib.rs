@@ -1,6 +1,12 @@
-//! Trial accounts: sign-up, login, sessions, the person's data rights (view, correct,
-//! export, withdraw consent, close) and the purge of closed accounts (promises P4–P8).
+//! Trial accounts and the promises made about them (P4–P8): sign-up, log-in, the
+//! person's view, correction and export of their data, consent, closure, and the purge
+//! that deletes a closed account's records within seven working days.
 //!
-//! Nothing is implemented here yet: the crate holds its place in the workspace layout
-//! until the accounts work lands. Must never: store an IP address, keep a closed
-//! account's personal rows past its purge deadline, or set any cookie but the session.
+//! Must never: store an IP address, a plain password or a session id in the clear; log
+//! an email, name, password, token or address; keep anything that names or links to a
+//! person past the purge deadline, except identifier-free daily aggregates.
+//!
+//! So far this crate holds the deletion deadline (`deadline`); storage, sessions, data
+//! rights and the purge job are still to come (see the accounts issue).
+
+pub mod deadline;
