@@ -6,7 +6,9 @@
 //! an email, name, password, token or address; keep anything that names or links to a
 //! person past the purge deadline, except identifier-free daily aggregates.
 //!
-//! So far this crate holds the deletion deadline (`deadline`); storage, sessions, data
-//! rights and the purge job are still to come (see the accounts issue).
+//! So far this crate holds the deletion deadline (`deadline`) and the in-memory abuse
+//! limits (`ratelimit`); storage, sessions, data rights and the purge job are still to
+//! come (see the accounts issue).
 
 pub mod deadline;
+pub mod ratelimit;
