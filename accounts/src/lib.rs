@@ -6,9 +6,10 @@
 //! an email, name, password, token or address; keep anything that names or links to a
 //! person past the purge deadline, except identifier-free daily aggregates.
 //!
-//! So far this crate holds the deletion deadline (`deadline`) and the in-memory abuse
-//! limits (`ratelimit`); storage, sessions, data rights and the purge job are still to
-//! come (see the accounts issue).
+//! So far this crate holds the deletion deadline (`deadline`), the in-memory abuse
+//! limits (`ratelimit`) and password policy and hashing (`password`); storage,
+//! sessions, data rights and the purge job are still to come (see the accounts issue).
 
 pub mod deadline;
+pub mod password;
 pub mod ratelimit;
