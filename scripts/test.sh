@@ -34,12 +34,27 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+step "web client tests (node)"
+# SFrame and key management in the browser's JavaScript, against RFC 9605's vectors
+# and the Rust implementation's fixtures.
+if ! command -v node >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+fi
+node_flags=()
+# Debian 12's nodejs is 18, where WebCrypto on globalThis still needs a flag.
+[ "$(node -p 'process.versions.node.split(".")[0]')" -ge 19 ] || node_flags+=(--experimental-global-webcrypto)
+web_log=$(mktemp)
+node "${node_flags[@]}" --test web/test/ 2>&1 | tee "$web_log"
+
 step "tests"
 # WebRTC tests keep every peer on loopback; they run a few at a time so that two
 # cores are not oversubscribed by many simultaneous peer connections.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$web_log"' EXIT
 cargo test --locked --workspace -- --test-threads=2 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo prints one per test binary, the last of
 # which is often an empty doc-test run).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { p += $4; f += $6 }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
+     END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log" "$web_log"

@@ -8,6 +8,7 @@
 //! Must never: talk to anything but the Veil server it is pointed at, or use a real
 //! media key outside tests.
 
+pub mod e2ee;
 pub mod histogram;
 pub mod load;
 pub mod media;
@@ -15,4 +16,5 @@ pub mod participant;
 pub mod payload;
 pub mod relay;
 pub mod report;
+pub mod sframe;
 pub mod usage;

@@ -11,6 +11,7 @@ pub mod connection;
 pub mod message;
 pub mod quota;
 pub mod room;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +102,7 @@ impl Signaling {
             .route("/ws", get(connection::upgrade))
             .route("/healthz", get(api::healthz))
             .route("/metrics", get(api::metrics))
+            .merge(web::router())
             .fallback(api::not_found)
             .with_state(self.clone())
     }
