@@ -110,24 +110,24 @@ impl Cluster {
         let endpoint = quinn::Endpoint::server(config, addr).map_err(|e| e.to_string())?;
         let bound = endpoint.local_addr().map_err(|e| e.to_string())?;
         let cluster = self.clone();
-        let monitor = self.clone();
-        tokio::spawn(async move {
+        // One task accepts nodes and checks heartbeats, so aborting it stops both.
+        let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(250));
             loop {
-                ticker.tick().await;
-                monitor.check_heartbeats(Instant::now());
-            }
-        });
-        let task = tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                let cluster = cluster.clone();
-                tokio::spawn(async move {
-                    // A peer without a pinned certificate fails here.
-                    match incoming.await {
-                        Ok(connection) => cluster.serve_node(connection).await,
-                        Err(e) => warn!("node link handshake refused: {e}"),
+                tokio::select! {
+                    incoming = endpoint.accept() => {
+                        let Some(incoming) = incoming else { break };
+                        let cluster = cluster.clone();
+                        tokio::spawn(async move {
+                            // A peer without a pinned certificate fails here.
+                            match incoming.await {
+                                Ok(connection) => cluster.serve_node(connection).await,
+                                Err(e) => warn!("node link handshake refused: {e}"),
+                            }
+                        });
                     }
-                });
+                    _ = ticker.tick() => cluster.check_heartbeats(Instant::now()),
+                }
             }
         });
         Ok((bound, task))
