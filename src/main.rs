@@ -87,6 +87,10 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
     let running = veil::start(&config).await?;
     println!("Veil is running.");
     println!(
+        "  Open {}/ in a browser to start a meeting.",
+        running.base_url()
+    );
+    println!(
         "  HTTP API and WebSocket: {}  (POST /api/rooms, GET /ws, /healthz, /metrics)",
         running.base_url()
     );
