@@ -272,14 +272,7 @@ where
     match message {
         ClientMessage::Join { grant, room } => {
             if joined.is_some() {
-                state.metrics.error("already_joined");
-                send(
-                    sink,
-                    state,
-                    &ServerMessage::error("already_joined", "this connection already joined"),
-                )
-                .await?;
-                return Ok(Next::Continue);
+                return already_joined(state, sink).await;
             }
             match state.sfu.open_session(SessionRequest { room, grant }).await {
                 Ok(opened) => {
@@ -328,14 +321,7 @@ where
         }
         ClientMessage::Resume { token } => {
             if joined.is_some() {
-                state.metrics.error("already_joined");
-                send(
-                    sink,
-                    state,
-                    &ServerMessage::error("already_joined", "this connection already joined"),
-                )
-                .await?;
-                return Ok(Next::Continue);
+                return already_joined(state, sink).await;
             }
             let Some(j) = state.resumes.take(&token) else {
                 state.metrics.error("resume_expired");
@@ -510,6 +496,16 @@ where
     };
     state.metrics.error(code);
     send(sink, state, &ServerMessage::error(code, e.to_string())).await
+}
+
+async fn already_joined<S>(state: &Arc<Signaling>, sink: &mut S) -> Result<Next, ()>
+where
+    S: SinkExt<Message> + Unpin,
+{
+    state.metrics.error("already_joined");
+    let msg = ServerMessage::error("already_joined", "this connection already joined");
+    send(sink, state, &msg).await?;
+    Ok(Next::Continue)
 }
 
 async fn not_joined<S>(state: &Arc<Signaling>, sink: &mut S) -> Result<Next, ()>

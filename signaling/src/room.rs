@@ -182,6 +182,27 @@ impl RoomDirectory {
         participant: &str,
         connection: UnboundedSender<ServerMessage>,
     ) -> Result<Vec<Peer>, RoomError> {
+        self.connect(room, participant, connection, true)
+    }
+
+    /// Points a present participant's presence at a new socket (a resumed
+    /// connection); the others hear nothing, as nobody left.
+    pub fn reattach(
+        &self,
+        room: &str,
+        participant: &str,
+        connection: UnboundedSender<ServerMessage>,
+    ) -> Result<Vec<Peer>, RoomError> {
+        self.connect(room, participant, connection, false)
+    }
+
+    fn connect(
+        &self,
+        room: &str,
+        participant: &str,
+        connection: UnboundedSender<ServerMessage>,
+        announce: bool,
+    ) -> Result<Vec<Peer>, RoomError> {
         let mut rooms = self.rooms();
         let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
         let member = record
@@ -189,11 +210,13 @@ impl RoomDirectory {
             .get_mut(participant)
             .ok_or(RoomError::UnknownParticipant)?;
         member.connection = Some(connection);
-        let joined = ServerMessage::ParticipantJoined {
-            participant: participant.to_string(),
-            display_name: member.display_name.clone(),
-        };
-        record.broadcast(participant, &joined);
+        if announce {
+            let joined = ServerMessage::ParticipantJoined {
+                participant: participant.to_string(),
+                display_name: member.display_name.clone(),
+            };
+            record.broadcast(participant, &joined);
+        }
         Ok(record.peers(participant))
     }
 
@@ -241,24 +264,6 @@ impl RoomDirectory {
         }
         rooms.remove(room);
         Ok(())
-    }
-
-    /// Points a present participant's presence at a new socket (a resumed
-    /// connection); the others hear nothing, as nobody left.
-    pub fn reattach(
-        &self,
-        room: &str,
-        participant: &str,
-        connection: UnboundedSender<ServerMessage>,
-    ) -> Result<Vec<Peer>, RoomError> {
-        let mut rooms = self.rooms();
-        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
-        let member = record
-            .participants
-            .get_mut(participant)
-            .ok_or(RoomError::UnknownParticipant)?;
-        member.connection = Some(connection);
-        Ok(record.peers(participant))
     }
 
     /// The others present in a room.
