@@ -177,6 +177,18 @@ impl Scenario {
     }
 }
 
+/// Waits out a measurement window, advancing `progress` four times a second.
+pub(crate) async fn measure_window(duration: Duration, progress: &dyn Progress, phase: &str) {
+    let steps = duration.as_millis().div_ceil(250).max(1) as u64;
+    progress.phase(phase, steps);
+    let started = Instant::now();
+    for step in 1..=steps {
+        let until = started + duration.mul_f64(step as f64 / steps as f64);
+        tokio::time::sleep_until(until.into()).await;
+        progress.advance(step);
+    }
+}
+
 /// Shown while a run goes on; the binary draws it with indicatif, tests ignore it.
 pub trait Progress: Send + Sync {
     /// A new phase with `len` steps.
@@ -630,14 +642,7 @@ pub async fn run_veil(
 
     let start = snapshot(&members);
     let cpu_start = read_cpu(target)?;
-    let window_steps = scenario.duration.as_millis().div_ceil(250).max(1) as u64;
-    progress.phase("measuring", window_steps);
-    let window_started = Instant::now();
-    for step in 1..=window_steps {
-        let until = window_started + scenario.duration.mul_f64(step as f64 / window_steps as f64);
-        tokio::time::sleep_until(until.into()).await;
-        progress.advance(step);
-    }
+    measure_window(scenario.duration, progress, "measuring").await;
     let cpu_end = read_cpu(target)?;
     let end = snapshot(&members);
     let memory_end: Memory = usage::process_memory(target.memory_pid)?;

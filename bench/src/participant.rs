@@ -166,6 +166,22 @@ pub struct CounterRange {
 }
 
 impl CounterRange {
+    /// Counts one received packet carrying `counter` on a stream.
+    pub fn observe(
+        ranges: &mut HashMap<([u8; 8], Option<Layer>), CounterRange>,
+        key: ([u8; 8], Option<Layer>),
+        counter: u64,
+    ) {
+        let range = ranges.entry(key).or_insert(CounterRange {
+            first: counter,
+            last: counter,
+            received: 0,
+        });
+        range.first = range.first.min(counter);
+        range.last = range.last.max(counter);
+        range.received += 1;
+    }
+
     /// Share of the packets sent between the first and last received that arrived.
     pub fn delivery(&self) -> f64 {
         let span = self.last.saturating_sub(self.first) + 1;
@@ -1473,17 +1489,7 @@ fn on_packet(shared: &Shared, track: &str, packet: &rtp::Packet) {
         stats.last_layer = Some(body.layer);
     }
     *stats.layers.entry(body.layer).or_default() += 1;
-    let range = stats
-        .counters
-        .entry((body.sender, body.layer))
-        .or_insert(CounterRange {
-            first: body.counter,
-            last: body.counter,
-            received: 0,
-        });
-    range.first = range.first.min(body.counter);
-    range.last = range.last.max(body.counter);
-    range.received += 1;
+    CounterRange::observe(&mut stats.counters, (body.sender, body.layer), body.counter);
     let latency = now_micros().saturating_sub(body.sent_micros);
     stats.latency_sum_micros += latency;
     stats.latency_max_micros = stats.latency_max_micros.max(latency);

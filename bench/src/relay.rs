@@ -504,17 +504,7 @@ async fn receive(
         track.bytes += payload.len() as u64;
         track.first_packet.get_or_insert(now);
         track.latency.record(latency);
-        let range = track
-            .counters
-            .entry((body.sender, body.layer))
-            .or_insert(CounterRange {
-                first: body.counter,
-                last: body.counter,
-                received: 0,
-            });
-        range.first = range.first.min(body.counter);
-        range.last = range.last.max(body.counter);
-        range.received += 1;
+        CounterRange::observe(&mut track.counters, (body.sender, body.layer), body.counter);
     }
 }
 
@@ -671,14 +661,7 @@ pub async fn run_relay(
         server,
         generator: generator_cpu(server)?,
     };
-    let steps = scenario.duration.as_millis().div_ceil(250).max(1) as u64;
-    progress.phase("relay: measuring", steps);
-    let started = Instant::now();
-    for step in 1..=steps {
-        let until = started + scenario.duration.mul_f64(step as f64 / steps as f64);
-        tokio::time::sleep_until(until.into()).await;
-        progress.advance(step);
-    }
+    crate::load::measure_window(scenario.duration, progress, "relay: measuring").await;
     let server = cpu.cpu_seconds()?;
     let cpu_end = CpuReading {
         at: Instant::now(),
