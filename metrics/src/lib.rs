@@ -35,7 +35,33 @@ pub const ERROR_REASONS: &[&str] = &[
     "rate_limited",
     "resume_expired",
     "not_host",
+    // Accounts API.
+    "invalid_body",
+    "invalid_email",
+    "invalid_display_name",
+    "weak_password",
+    "password_too_long",
+    "age_required",
+    "policy_required",
+    "email_taken",
+    "invalid_credentials",
+    "email_not_verified",
+    "account_closed",
+    "unauthenticated",
+    "invalid_token",
+    "trial_ended",
+    "reopen_too_late",
+    "current_password_required",
+    "cross_origin",
+    "mail_failed",
+    "internal",
+    "unavailable",
 ];
+
+/// Values the `kind` label of purges takes: closed accounts, expired sign-ups.
+pub const PURGE_KINDS: &[&str] = &["closed", "unverified"];
+/// Values the `outcome` label of log-ins takes.
+pub const LOGIN_OUTCOMES: &[&str] = &["ok", "failed", "limited"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("metric registration failed: {0}")]
@@ -92,6 +118,21 @@ pub struct Metrics {
     /// Simulcast layer switches, up or down.
     pub layer_switches: IntCounterVec,
     pub keyframe_requests: IntCounter,
+    /// Accounts signed up / closed.
+    pub account_signups: IntCounter,
+    pub account_closures: IntCounter,
+    /// Log-in attempts by outcome.
+    pub account_logins: IntCounterVec,
+    /// Accounts whose records were purged, by kind.
+    pub account_purges: IntCounterVec,
+    /// Deletion requests not yet carried out, and those past their deadline.
+    pub account_deletions_pending: IntGauge,
+    pub account_deletions_overdue: IntGauge,
+    /// How long the oldest purgeable deletion request has waited for the purge job.
+    pub account_purge_lag_seconds: prometheus::Gauge,
+    /// Completed purge runs, and when the last one finished (UNIX seconds).
+    pub account_purge_runs: IntCounter,
+    pub account_purge_last_run_seconds: prometheus::Gauge,
 }
 
 /// Creates a metric and registers it, so each is named once.
@@ -314,6 +355,65 @@ impl Metrics {
                     "Key frame requests (PLI) sent to publishers after throttling",
                 ),
             )?,
+            account_signups: reg(
+                &r,
+                IntCounter::new("account_signups_total", "Accounts signed up"),
+            )?,
+            account_closures: reg(
+                &r,
+                IntCounter::new(
+                    "account_closures_total",
+                    "Accounts closed (consent withdrawn)",
+                ),
+            )?,
+            account_logins: reg(
+                &r,
+                counter_vec(
+                    "account_logins_total",
+                    "Log-in attempts by outcome",
+                    &["outcome"],
+                ),
+            )?,
+            account_purges: reg(
+                &r,
+                counter_vec(
+                    "account_purges_total",
+                    "Accounts whose records were deleted, by kind (closed, unverified)",
+                    &["kind"],
+                ),
+            )?,
+            account_deletions_pending: reg(
+                &r,
+                IntGauge::new(
+                    "account_deletions_pending",
+                    "Closed accounts whose records await the purge",
+                ),
+            )?,
+            account_deletions_overdue: reg(
+                &r,
+                IntGauge::new(
+                    "account_deletions_overdue",
+                    "Closed accounts past their 7-working-day deletion deadline",
+                ),
+            )?,
+            account_purge_lag_seconds: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "account_purge_lag_seconds",
+                    "How long the oldest purgeable deletion request has waited",
+                ),
+            )?,
+            account_purge_runs: reg(
+                &r,
+                IntCounter::new("account_purge_runs_total", "Completed purge job runs"),
+            )?,
+            account_purge_last_run_seconds: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "account_purge_last_run_timestamp_seconds",
+                    "When the purge job last completed (UNIX time)",
+                ),
+            )?,
             registry: r,
             process,
         };
@@ -338,6 +438,12 @@ impl Metrics {
         }
         for d in ["up", "down"] {
             m.layer_switches.with_label_values(&[d]);
+        }
+        for kind in PURGE_KINDS {
+            m.account_purges.with_label_values(&[kind]);
+        }
+        for outcome in LOGIN_OUTCOMES {
+            m.account_logins.with_label_values(&[outcome]);
         }
         Ok(m)
     }
