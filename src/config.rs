@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
+use veil_accounts::AccountsConfig;
 use veil_sfu::SfuConfig;
 use veil_sfu::node::NodeConfig;
 use veil_signaling::SignalingConfig;
@@ -17,6 +18,8 @@ pub struct Config {
     pub sfu: SfuConfig,
     /// `veil sfu` only: how this SFU node reaches signaling.
     pub node: NodeConfig,
+    /// Signaling (and `veil accounts`): the accounts database, mail and deletion rules.
+    pub accounts: AccountsConfig,
     pub log: LogConfig,
 }
 
@@ -109,12 +112,28 @@ pub enum Command {
     Sfu,
     /// Print the effective configuration as TOML and exit.
     Config,
+    /// Operator's account tasks (aggregates and deletion requests only).
+    Accounts {
+        #[command(subcommand)]
+        task: AccountsTask,
+    },
     /// Print this role's node-link certificate fingerprint (creating the certificate
     /// on first use), for pinning in the other side's configuration.
     Fingerprint {
         #[arg(value_enum)]
         role: Role,
     },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum AccountsTask {
+    /// Run the purge once: delete closed accounts past their grace period and
+    /// sign-ups never verified.
+    Purge,
+    /// List deletion requests, soonest deadline first.
+    ListDue,
+    /// Print aggregate counts (no identifiers) as JSON.
+    Stats,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -164,6 +183,15 @@ pub struct Overrides {
     /// `veil sfu`: this node's region label.
     #[arg(long, env = "VEIL_REGION", global = true)]
     pub region: Option<String>,
+    /// Accounts database: `sqlite://data/veil.db` or `postgres://user@host/db`.
+    #[arg(long, env = "VEIL_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Where people reach Veil (links in e-mails; decides the cookie's Secure flag).
+    #[arg(long, env = "VEIL_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// SMTP relay for account e-mail (without it, mail goes to the outbox folder).
+    #[arg(long, env = "VEIL_SMTP_URL", global = true)]
+    pub smtp_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +251,15 @@ impl Config {
         if let Some(level) = &overrides.log {
             config.log.level = level.clone();
         }
+        if let Some(url) = &overrides.database_url {
+            config.accounts.database_url = url.clone();
+        }
+        if let Some(url) = &overrides.public_url {
+            config.accounts.public_url = url.clone();
+        }
+        if let Some(url) = &overrides.smtp_url {
+            config.accounts.mail.smtp_url = url.clone();
+        }
         Ok(config)
     }
 
@@ -255,6 +292,9 @@ mod tests {
             signaling_fingerprint: None,
             node_name: None,
             region: None,
+            database_url: None,
+            public_url: None,
+            smtp_url: None,
         }
     }
 

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use veil_accounts::Accounts;
+use veil_accounts::clock::SystemClock;
 use veil_metrics::Metrics;
 use veil_sfu::grant::GrantSigner;
 use veil_sfu::{Sfu, StartError as SfuStartError};
@@ -29,6 +31,8 @@ pub enum StartError {
     Sfu(#[from] SfuStartError),
     #[error("node link: {0}")]
     Link(String),
+    #[error(transparent)]
+    Accounts(#[from] veil_accounts::OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -42,13 +46,18 @@ pub struct Running {
     pub sfu: Sfu,
     pub signaling: Arc<Signaling>,
     pub metrics: Arc<Metrics>,
+    pub accounts: Arc<Accounts>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
+    purge: JoinHandle<()>,
 }
 
-/// Starts signaling and the SFU in this process, linked in memory.
+/// Starts signaling, accounts and the SFU in this process, linked in memory.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new()?);
+    let listener = bind(config.signaling.http_addr).await?;
+    let http_addr = local_addr(&listener, config.signaling.http_addr)?;
+    let accounts = open_accounts(config, http_addr, metrics.clone()).await?;
     // Grants live for a minute, so a fresh key per start costs nothing.
     let signer = GrantSigner::generate().map_err(StartError::GrantKey)?;
     let sfu = Sfu::start(config.sfu.clone(), signer.verifier(), metrics.clone()).await?;
@@ -57,16 +66,34 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         signer,
         Arc::new(sfu.clone()),
         metrics.clone(),
+        accounts.clone(),
     );
-    let (http_addr, stop, server) = serve(config.signaling.http_addr, signaling.router()).await?;
+    let (stop, server) = serve_on(listener, signaling.router());
+    let purge = accounts.spawn_purge_job();
     Ok(Running {
         http_addr,
         sfu,
         signaling,
         metrics,
+        accounts,
         stop,
         server,
+        purge,
     })
+}
+
+/// Opens the accounts store; links in e-mails point at the bound HTTP address unless
+/// a public URL is configured.
+pub async fn open_accounts(
+    config: &Config,
+    http_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Accounts>, StartError> {
+    let mut accounts = config.accounts.clone();
+    if accounts.public_url.is_empty() {
+        accounts.public_url = format!("http://{http_addr}");
+    }
+    Ok(Accounts::open(accounts, Arc::new(SystemClock), metrics).await?)
 }
 
 type Served = (
@@ -77,12 +104,32 @@ type Served = (
 
 /// Serves `router` on `addr` until the returned sender fires.
 pub(crate) async fn serve(addr: SocketAddr, router: axum::Router) -> Result<Served, StartError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = bind(addr).await?;
+    let bound = local_addr(&listener, addr)?;
+    let (stop, server) = serve_on(listener, router);
+    Ok((bound, stop, server))
+}
+
+pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Listen { addr, source })?;
-    let bound = listener
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+pub(crate) fn local_addr(
+    listener: &tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
         .local_addr()
-        .map_err(|source| StartError::Listen { addr, source })?;
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Serves `router` on a bound listener until the returned sender fires.
+pub(crate) fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> (oneshot::Sender<()>, JoinHandle<std::io::Result<()>>) {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(
@@ -94,7 +141,7 @@ pub(crate) async fn serve(addr: SocketAddr, router: axum::Router) -> Result<Serv
         })
         .await
     });
-    Ok((bound, stop, server))
+    (stop, server)
 }
 
 impl Running {
@@ -105,6 +152,7 @@ impl Running {
 
     /// Closes every session and stops serving.
     pub async fn stop(self) -> std::io::Result<()> {
+        self.purge.abort();
         self.sfu.shutdown().await;
         let _ = self.stop.send(());
         self.server.await.unwrap_or(Ok(()))

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use veil::config::{Cli, Command, Config, Role};
+use veil::config::{AccountsTask, Cli, Command, Config, Role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -27,7 +27,46 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sfu => run_sfu(config).await,
+        Command::Accounts { task } => run_accounts(config, task).await,
     }
+}
+
+async fn run_accounts(config: Config, task: AccountsTask) -> anyhow::Result<()> {
+    init_logs(&config)?;
+    let metrics = std::sync::Arc::new(veil_metrics::Metrics::new()?);
+    let accounts = veil::open_accounts(&config, config.signaling.http_addr, metrics).await?;
+    match task {
+        AccountsTask::Purge => {
+            let report = accounts.purge().await?;
+            println!(
+                "purged {} closed account(s) and {} expired sign-up(s)",
+                report.closed, report.unverified
+            );
+        }
+        AccountsTask::ListDue => {
+            let due = accounts.list_due().await?;
+            println!(
+                "{:<24} {:<26} {:<26} {:<26} overdue",
+                "account", "requested", "purge after", "due"
+            );
+            for d in &due {
+                println!(
+                    "{:<24} {:<26} {:<26} {:<26} {}",
+                    d.account_id,
+                    d.requested_at.to_string(),
+                    d.purge_after.to_string(),
+                    d.due_at.to_string(),
+                    if d.overdue { "yes" } else { "no" }
+                );
+            }
+            println!("{} deletion request(s)", due.len());
+        }
+        AccountsTask::Stats => {
+            let stats = veil_accounts::rollup::stats(&accounts.store, accounts.now()).await?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        }
+    }
+    Ok(())
 }
 
 fn init_logs(config: &Config) -> anyhow::Result<()> {
@@ -91,12 +130,17 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
         running.base_url()
     );
     println!(
-        "  HTTP API and WebSocket: {}  (POST /api/rooms, GET /ws, /healthz, /metrics)",
+        "  HTTP API and WebSocket: {}  (/api/openapi.json describes it; /healthz, /metrics)",
         running.base_url()
     );
     println!(
         "  Media (UDP, every participant): {}",
         running.sfu.media_addr()
+    );
+    println!(
+        "  Accounts: {}  (sign up at /signup; without an SMTP relay, e-mails land in {})",
+        config.accounts.database_url,
+        config.accounts.mail.outbox_dir.display()
     );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c()

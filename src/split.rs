@@ -31,11 +31,13 @@ pub struct RunningSignaling {
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     link: JoinHandle<()>,
+    purge: JoinHandle<()>,
 }
 
 impl RunningSignaling {
     pub async fn stop(self) -> std::io::Result<()> {
         self.link.abort();
+        self.purge.abort();
         let _ = self.stop.send(());
         self.server.await.unwrap_or(Ok(()))
     }
@@ -58,9 +60,18 @@ pub async fn start_signaling(config: &Config) -> Result<RunningSignaling, StartE
     let (node_addr, link) = cluster
         .listen(&identity, pinned, config.signaling.node_addr)
         .map_err(StartError::Link)?;
-    let signaling = Signaling::new(config.signaling.clone(), signer, cluster.clone(), metrics);
-    let (http_addr, stop, server) =
-        crate::serve(config.signaling.http_addr, signaling.router()).await?;
+    let listener = crate::bind(config.signaling.http_addr).await?;
+    let http_addr = crate::local_addr(&listener, config.signaling.http_addr)?;
+    let accounts = crate::open_accounts(config, http_addr, metrics.clone()).await?;
+    let signaling = Signaling::new(
+        config.signaling.clone(),
+        signer,
+        cluster.clone(),
+        metrics,
+        accounts.clone(),
+    );
+    let (stop, server) = crate::serve_on(listener, signaling.router());
+    let purge = accounts.spawn_purge_job();
     Ok(RunningSignaling {
         http_addr,
         node_addr,
@@ -70,6 +81,7 @@ pub async fn start_signaling(config: &Config) -> Result<RunningSignaling, StartE
         stop,
         server,
         link,
+        purge,
     })
 }
 

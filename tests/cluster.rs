@@ -141,10 +141,12 @@ async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
     std::fs::write(
         &signaling_config,
         format!(
-            "[signaling]\nhttp_addr = \"{http}\"\nnode_addr = \"{node_addr}\"\nnode_fingerprints = [\"{}\", \"{}\"]\nidentity_dir = \"{}\"\n",
+            "[signaling]\nhttp_addr = \"{http}\"\nnode_addr = \"{node_addr}\"\nnode_fingerprints = [\"{}\", \"{}\"]\nidentity_dir = \"{}\"\n[accounts]\ndatabase_url = \"sqlite://{}\"\n[accounts.mail]\noutbox_dir = \"{}\"\n",
             nodes[0].fingerprint,
             nodes[1].fingerprint,
-            signaling_identity.display()
+            signaling_identity.display(),
+            dir.join("veil.db").display(),
+            dir.join("outbox").display()
         ),
     )
     .expect("write config");
@@ -172,12 +174,14 @@ async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Six rooms of two people each.
+    // Six rooms of two people each, created by a host with an account.
+    let cookie = common::host_cookie(&server, &dir.join("outbox"), "host@example.org").await;
     let client = reqwest::Client::new();
     let mut rooms = Vec::new();
     for _ in 0..6 {
         let created: Value = client
             .post(format!("{server}/api/rooms"))
+            .header("cookie", &cookie)
             .send()
             .await
             .expect("create room")

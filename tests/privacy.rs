@@ -1,7 +1,8 @@
-//! Promise P2 as a test that can fail: across a scripted run (a meeting with names,
-//! bad input, people leaving), every metric label value comes from the fixed sets, and
-//! no display name, room id, participant id, grant, E2EE blob or client address appears
-//! in any scrape or log line.
+//! Promise P2 as a test that can fail: across a scripted run (a host signs up and
+//! creates a meeting, people with names meet, bad input, people leave, the host closes
+//! the account and the purge runs), every metric label value comes from the fixed
+//! sets, and no e-mail, password, account id, display name, room id, participant id,
+//! grant, E2EE blob or client address appears in any scrape or log line.
 
 mod common;
 
@@ -39,7 +40,7 @@ impl Captured {
 
 /// Label names and the values each may take; anything else is a leak.
 fn allowed(label: &str, value: &str) -> bool {
-    use veil_metrics::{DIRECTIONS, ERROR_REASONS, KINDS};
+    use veil_metrics::{DIRECTIONS, ERROR_REASONS, KINDS, LOGIN_OUTCOMES, PURGE_KINDS};
     match label {
         "reason" => {
             ERROR_REASONS.contains(&value)
@@ -52,7 +53,8 @@ fn allowed(label: &str, value: &str) -> bool {
                 ]
                 .contains(&value)
         }
-        "kind" => KINDS.contains(&value),
+        "kind" => KINDS.contains(&value) || PURGE_KINDS.contains(&value),
+        "outcome" => LOGIN_OUTCOMES.contains(&value),
         "direction" => DIRECTIONS.contains(&value) || ["up", "down"].contains(&value),
         "type" => [
             "join",
@@ -82,7 +84,10 @@ fn allowed(label: &str, value: &str) -> bool {
             "nack",
         ]
         .contains(&value),
-        "route" => ["create_room", "join_room", "other"].contains(&value),
+        "route" => {
+            ["create_room", "join_room", "other"].contains(&value)
+                || veil_accounts::http::ROUTES.contains(&value)
+        }
         "status" => ["2xx", "4xx", "5xx"].contains(&value),
         // Histogram bucket bounds are numbers.
         "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
@@ -116,7 +121,7 @@ async fn no_identifier_reaches_metrics_or_logs() {
     tracing_subscriber::fmt()
         // The filter Veil installs by default, with its own crates at debug.
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "{},veil=debug,veil_sfu=debug,veil_signaling=debug,veil_metrics=debug",
+            "{},veil=debug,veil_sfu=debug,veil_signaling=debug,veil_metrics=debug,veil_accounts=debug,sqlx=debug",
             veil::config::LogConfig::default().filter()
         )))
         .with_writer(move || writer.clone())
@@ -124,7 +129,39 @@ async fn no_identifier_reaches_metrics_or_logs() {
         .init();
 
     let veil = start_veil().await;
-    let room = new_room(&veil);
+    let base = veil.base_url();
+    let outbox = veil.accounts.outbox().expect("outbox");
+    let email = "host.identifiable@example.org";
+    let cookie = host_cookie(&base, &outbox, email).await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/api/rooms"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("create room")
+        .json()
+        .await
+        .expect("json");
+    let room = created["room"].as_str().expect("room").to_string();
+    let account = http
+        .get(format!("{base}/api/account"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("profile")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("account id")
+        .to_string();
+    // A failed log-in with a password that must not be logged either.
+    let _ = http
+        .post(format!("{base}/api/session"))
+        .json(&serde_json::json!({"email": email, "password": "Wrong Password 123"}))
+        .send()
+        .await;
     let names = ["Ann Identifiable", "Bo Recognisable"];
     let ann = Participant::join(participant(&veil, &room, names[0]))
         .await
@@ -154,6 +191,15 @@ async fn no_identifier_reaches_metrics_or_logs() {
         veil.sfu.stats().sessions == 0
     })
     .await;
+    let closed = http
+        .post(format!("{base}/api/account/close"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("close");
+    assert!(closed.status().is_success());
+    let purged = veil.accounts.purge().await.expect("purge");
+    assert_eq!(purged.closed, 1);
     let scrape_after = reqwest::get(format!("{}/metrics", veil.base_url()))
         .await
         .expect("scrape")
@@ -172,7 +218,20 @@ async fn no_identifier_reaches_metrics_or_logs() {
         log_text.lines().count(),
         scrape_after.lines().count()
     );
-    let mut secrets: Vec<&str> = vec![&room, blob, &unused_grant, "Never Joins", "127.0.0.1"];
+    assert!(scrape_after.contains("veil_account_purges_total{kind=\"closed\"} 1"));
+    let session_value = cookie.split_once('=').expect("cookie").1;
+    let mut secrets: Vec<&str> = vec![
+        &room,
+        blob,
+        &unused_grant,
+        "Never Joins",
+        "127.0.0.1",
+        email,
+        &account,
+        session_value,
+        "a long enough passphrase",
+        "Wrong Password 123",
+    ];
     secrets.extend(names);
     secrets.extend(ids.iter().map(String::as_str));
     for scrape in [&scrape_during, &scrape_after] {

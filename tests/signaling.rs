@@ -282,8 +282,11 @@ async fn a_dropped_socket_resumes_as_the_same_participant_without_a_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_removes_a_participant_and_ends_the_meeting() {
     let veil = start_veil().await;
+    let outbox = veil.accounts.outbox().expect("outbox");
+    let cookie = host_cookie(&veil.base_url(), &outbox, "host@example.org").await;
     let created: Value = reqwest::Client::new()
         .post(format!("{}/api/rooms", veil.base_url()))
+        .header("cookie", cookie)
         .send()
         .await
         .expect("create")

@@ -48,6 +48,7 @@ pub struct AccountsConfig {
     pub database_url: String,
     /// Where people reach Veil: the origin of links in e-mails, and whether the session
     /// cookie can be `Secure` (https, or a loopback address browsers treat as secure).
+    /// Empty: `http://` and the address signaling listens on.
     pub public_url: String,
     /// Version of the privacy policy people accept at sign-up.
     pub policy_version: String,
@@ -75,7 +76,7 @@ impl Default for AccountsConfig {
     fn default() -> Self {
         AccountsConfig {
             database_url: "sqlite://data/veil.db".into(),
-            public_url: "http://127.0.0.1:8080".into(),
+            public_url: String::new(),
             policy_version: "2026-11".into(),
             trial_days: 14,
             session_idle_secs: 24 * 3600,

@@ -281,6 +281,10 @@ impl InProcessVeil {
         let mut config = veil::Config::default();
         config.signaling.http_addr = ([127, 0, 0, 1], 0).into();
         config.sfu.media_addr = ([127, 0, 0, 1], 0).into();
+        // Rooms are created in-process; the accounts store just needs a scratch file.
+        let scratch = std::env::temp_dir().join(format!("veil-bench-{}", std::process::id()));
+        config.accounts.database_url = format!("sqlite://{}", scratch.join("veil.db").display());
+        config.accounts.mail.outbox_dir = scratch.join("outbox");
         let running = runtime
             .block_on(veil::start(&config))
             .map_err(|e| LoadError::Start(e.to_string()))?;
@@ -304,7 +308,7 @@ impl InProcessVeil {
             rooms: RoomSource::Direct(Arc::new(move || {
                 signaling
                     .rooms
-                    .create(Instant::now())
+                    .create(Instant::now(), None)
                     .map(|created| created.room)
                     .map_err(|e| format!("{e:?}"))
             })),

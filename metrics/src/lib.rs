@@ -35,6 +35,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "rate_limited",
     "resume_expired",
     "not_host",
+    "rooms_full",
     // Accounts API.
     "invalid_body",
     "invalid_email",

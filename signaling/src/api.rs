@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use veil_sfu::grant::{Grant, valid_id};
@@ -97,9 +97,39 @@ pub struct RoomCreated {
     pub host_key: String,
 }
 
-/// `POST /api/rooms` — open to anyone until accounts gate room creation.
-pub async fn create_room(State(state): State<Arc<Signaling>>) -> Result<Response, ApiError> {
-    match state.rooms.create(Instant::now()) {
+/// `POST /api/rooms` — for a logged-in account whose trial is active.
+pub async fn create_room(
+    State(state): State<Arc<Signaling>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let host = async {
+        let session = state.accounts.session(&headers).await?;
+        state.accounts.may_host(&session).await?;
+        Ok::<_, veil_accounts::AccountError>(session.account_id)
+    }
+    .await;
+    let account = match host {
+        Ok(account) => account,
+        Err(e) => {
+            let err = ApiError::new(
+                match e {
+                    veil_accounts::AccountError::TrialEnded => StatusCode::FORBIDDEN,
+                    veil_accounts::AccountError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::UNAUTHORIZED,
+                },
+                e.code(),
+                match e {
+                    veil_accounts::AccountError::Unauthenticated => {
+                        "log in to create a meeting (anyone with a link can join one)".to_string()
+                    }
+                    other => other.to_string(),
+                },
+            );
+            count(&state, "create_room", err.status, Some(err.code));
+            return Err(err);
+        }
+    };
+    match state.rooms.create(Instant::now(), Some(&account)) {
         Ok(created) => {
             state.metrics.rooms_created.inc();
             count(&state, "create_room", StatusCode::CREATED, None);
@@ -111,7 +141,7 @@ pub async fn create_room(State(state): State<Arc<Signaling>>) -> Result<Response
         }
         Err(e) => {
             let err = from_room_error(e);
-            count(&state, "create_room", err.status, Some("bad_request"));
+            count(&state, "create_room", err.status, Some("rooms_full"));
             Err(err)
         }
     }
@@ -134,13 +164,21 @@ pub struct JoinResponse {
     pub ws: String,
 }
 
-/// `POST /api/rooms/{room}/join` `{display_name}` → a short-lived grant.
+/// `POST /api/rooms/{room}/join` `{display_name}` → a short-lived grant. Guests join
+/// as they are; a logged-in account's media sessions go into its usage record.
 pub async fn join_room(
     State(state): State<Arc<Signaling>>,
     Path(room): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<JoinResponse>, ApiError> {
-    let result = join(&state, &room, &body);
+    let account = state
+        .accounts
+        .session(&headers)
+        .await
+        .ok()
+        .map(|s| s.account_id);
+    let result = join(&state, &room, account.as_deref(), &body);
     match &result {
         Ok(_) => count(&state, "join_room", StatusCode::OK, None),
         Err(e) => {
@@ -155,7 +193,12 @@ pub async fn join_room(
     result.map(Json)
 }
 
-fn join(state: &Signaling, room: &str, body: &[u8]) -> Result<JoinResponse, ApiError> {
+fn join(
+    state: &Signaling,
+    room: &str,
+    account: Option<&str>,
+    body: &[u8],
+) -> Result<JoinResponse, ApiError> {
     if !valid_id(room) {
         return Err(from_room_error(RoomError::NotFound));
     }
@@ -175,7 +218,13 @@ fn join(state: &Signaling, room: &str, body: &[u8]) -> Result<JoinResponse, ApiE
     })?;
     let participant = state
         .rooms
-        .join(room, &name, request.host_key.as_deref(), Instant::now())
+        .join(
+            room,
+            &name,
+            request.host_key.as_deref(),
+            account,
+            Instant::now(),
+        )
         .map_err(from_room_error)?;
     let grant = state.signer.sign(&Grant {
         room: room.to_string(),
@@ -219,6 +268,15 @@ pub async fn metrics(State(state): State<Arc<Signaling>>) -> Response {
     (
         [(header::CONTENT_TYPE, veil_metrics::Metrics::content_type())],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/openapi.json`: the HTTP API's description.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
     )
         .into_response()
 }

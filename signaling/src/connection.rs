@@ -2,6 +2,7 @@
 //! the client and its media session until either side ends it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
@@ -9,6 +10,7 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::debug;
+use veil_metrics::ConnectionRecord;
 use veil_sfu::grant::Grant;
 use veil_sfu::{CloseReason, SessionId, SessionRequest, SfuSignal};
 
@@ -91,10 +93,37 @@ fn park(state: &Arc<Signaling>, joined: Joined) {
 
 /// The participant is gone for good: its media session closes, the others hear it left.
 async fn end(state: &Signaling, j: Joined) {
-    if let Some(session) = j.session() {
+    if let Some((session, mut events)) = j.media {
         state.sfu.close_session(session).await;
+        // The session's metadata record follows its close (bounded wait: a lost node
+        // sends nothing).
+        let record = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = events.recv().await {
+                if let SfuSignal::Closed { record, .. } = event {
+                    return record;
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        keep_usage(state, &j.room, &j.participant, record);
     }
     state.rooms.leave(&j.room, &j.participant);
+}
+
+/// Adds an ended session's metadata record to the participant's account, if logged in.
+fn keep_usage(state: &Signaling, room: &str, participant: &str, record: Option<ConnectionRecord>) {
+    let (Some(record), Some(account)) = (record, state.rooms.account_of(room, participant)) else {
+        return;
+    };
+    let accounts = state.accounts.clone();
+    tokio::spawn(async move {
+        if let Err(e) = accounts.record_usage(&account, &record).await {
+            tracing::warn!(error = %e, "usage record not stored");
+        }
+    });
 }
 
 /// What to do after handling one client message.
@@ -200,6 +229,9 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                     continue;
                 }
                 let is_closed = matches!(event, SfuSignal::Closed { .. });
+                if let (SfuSignal::Closed { record, .. }, Some(j)) = (&event, joined.as_ref()) {
+                    keep_usage(&state, &j.room, &j.participant, *record);
+                }
                 if send(&mut sink, &state, &ServerMessage::from(event)).await.is_err() {
                     break;
                 }

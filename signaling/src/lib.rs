@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use veil_accounts::Accounts;
 use veil_metrics::Metrics;
 use veil_sfu::SfuControl;
 use veil_sfu::grant::GrantSigner;
@@ -70,6 +71,8 @@ pub struct Signaling {
     pub metrics: Arc<Metrics>,
     /// Participants whose WebSocket dropped, waiting to resume.
     pub resumes: connection::Resumes,
+    /// Who may create meetings, and where usage records go.
+    pub accounts: Arc<Accounts>,
 }
 
 impl Signaling {
@@ -78,20 +81,30 @@ impl Signaling {
         signer: GrantSigner,
         sfu: Arc<dyn SfuControl>,
         metrics: Arc<Metrics>,
+        accounts: Arc<Accounts>,
     ) -> Arc<Self> {
         let rooms = RoomDirectory::new(
             config.max_rooms,
             config.max_participants_per_room,
             Duration::from_secs(config.room_ttl_secs),
         );
-        Arc::new(Signaling {
+        let signaling = Arc::new(Signaling {
             config,
             signer,
             rooms,
             sfu,
             metrics,
             resumes: connection::Resumes::default(),
-        })
+            accounts,
+        });
+        // A closed account's meetings end with it (P4: closure is immediate).
+        let weak = Arc::downgrade(&signaling);
+        signaling.accounts.on_close(Arc::new(move |account: &str| {
+            if let Some(signaling) = weak.upgrade() {
+                signaling.rooms.end_meetings_of(account);
+            }
+        }));
+        signaling
     }
 
     /// Every route of the public surface this service serves.
@@ -102,8 +115,10 @@ impl Signaling {
             .route("/ws", get(connection::upgrade))
             .route("/healthz", get(api::healthz))
             .route("/metrics", get(api::metrics))
+            .route("/api/openapi.json", get(api::openapi))
             .merge(web::router())
             .fallback(api::not_found)
             .with_state(self.clone())
+            .merge(veil_accounts::http::router(self.accounts.clone()))
     }
 }

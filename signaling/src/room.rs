@@ -43,6 +43,8 @@ pub struct CreatedRoom {
 
 struct Member {
     display_name: String,
+    /// The logged-in account that joined (for its usage record), if any.
+    account: Option<String>,
     /// Joined with the room's host key: may remove others and end the meeting.
     host: bool,
     state: MediaState,
@@ -52,6 +54,8 @@ struct Member {
 
 struct RoomRecord {
     created: Instant,
+    /// The account that created the room; its closure ends the meeting.
+    owner: Option<String>,
     /// SHA-256 of the host key; the key itself is only ever with the creator.
     host_key: [u8; 32],
     /// participant id → member, for the participant list and the relay.
@@ -73,6 +77,17 @@ impl RoomRecord {
             .collect();
         peers.sort_by(|a, b| a.participant.cmp(&b.participant));
         peers
+    }
+
+    /// Tells every connected member the meeting has ended.
+    fn end(&self) {
+        for member in self.participants.values() {
+            if let Some(tx) = &member.connection {
+                let _ = tx.send(ServerMessage::Closed {
+                    reason: CloseReason::MeetingEnded,
+                });
+            }
+        }
     }
 
     /// Sends `msg` to every connected member but `except`.
@@ -118,7 +133,7 @@ impl RoomDirectory {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn create(&self, now: Instant) -> Result<CreatedRoom, RoomError> {
+    pub fn create(&self, now: Instant, owner: Option<&str>) -> Result<CreatedRoom, RoomError> {
         let mut rooms = self.rooms();
         let ttl = self.ttl;
         rooms.retain(|_, r| now.saturating_duration_since(r.created) < ttl);
@@ -131,6 +146,7 @@ impl RoomDirectory {
             id.clone(),
             RoomRecord {
                 created: now,
+                owner: owner.map(str::to_string),
                 host_key: key_hash(&host_key),
                 participants: HashMap::new(),
             },
@@ -145,6 +161,7 @@ impl RoomDirectory {
         room: &str,
         display_name: &str,
         host_key: Option<&str>,
+        account: Option<&str>,
         now: Instant,
     ) -> Result<String, RoomError> {
         let mut rooms = self.rooms();
@@ -166,6 +183,7 @@ impl RoomDirectory {
             participant.clone(),
             Member {
                 display_name: display_name.to_string(),
+                account: account.map(str::to_string),
                 host,
                 state: MediaState::default(),
                 connection: None,
@@ -255,15 +273,33 @@ impl RoomDirectory {
         if !record.participants.get(by).is_some_and(|m| m.host) {
             return Err(RoomError::NotHost);
         }
-        for member in record.participants.values() {
-            if let Some(tx) = &member.connection {
-                let _ = tx.send(ServerMessage::Closed {
-                    reason: CloseReason::MeetingEnded,
-                });
-            }
-        }
+        record.end();
         rooms.remove(room);
         Ok(())
+    }
+
+    /// Ends every meeting `account` created (its account closed); returns how many.
+    pub fn end_meetings_of(&self, account: &str) -> usize {
+        let mut rooms = self.rooms();
+        let before = rooms.len();
+        rooms.retain(|_, record| {
+            let owned = record.owner.as_deref() == Some(account);
+            if owned {
+                record.end();
+            }
+            !owned
+        });
+        before - rooms.len()
+    }
+
+    /// The account a participant joined as, if logged in.
+    pub fn account_of(&self, room: &str, participant: &str) -> Option<String> {
+        self.rooms()
+            .get(room)?
+            .participants
+            .get(participant)?
+            .account
+            .clone()
     }
 
     /// The others present in a room.
@@ -357,12 +393,8 @@ impl RoomDirectory {
     }
 }
 
-/// A display name: 1–64 characters after trimming, no control characters.
-pub fn clean_display_name(raw: &str) -> Option<String> {
-    let name = raw.trim();
-    let ok = !name.is_empty() && name.chars().count() <= 64 && !name.chars().any(char::is_control);
-    ok.then(|| name.to_string())
-}
+/// A display name: the same rule for guests and account holders.
+pub use veil_accounts::profile::clean_display_name;
 
 #[cfg(test)]
 mod tests {
@@ -381,17 +413,23 @@ mod tests {
     fn rooms_expire_and_are_bounded() {
         let t0 = Instant::now();
         let dir = RoomDirectory::new(2, 2, Duration::from_secs(10));
-        let a = dir.create(t0).unwrap().room;
-        dir.create(t0).unwrap();
-        assert_eq!(dir.create(t0), Err(RoomError::Full));
-        assert!(dir.join(&a, "Ann", None, t0).is_ok());
-        assert!(dir.join(&a, "Bo", None, t0).is_ok());
-        assert_eq!(dir.join(&a, "Cy", None, t0), Err(RoomError::RoomFull));
+        let a = dir.create(t0, None).unwrap().room;
+        dir.create(t0, None).unwrap();
+        assert_eq!(dir.create(t0, None), Err(RoomError::Full));
+        assert!(dir.join(&a, "Ann", None, None, t0).is_ok());
+        assert!(dir.join(&a, "Bo", None, None, t0).is_ok());
+        assert_eq!(dir.join(&a, "Cy", None, None, t0), Err(RoomError::RoomFull));
         let later = t0 + Duration::from_secs(11);
-        assert_eq!(dir.join(&a, "Dee", None, later), Err(RoomError::NotFound));
-        assert!(dir.create(later).is_ok());
+        assert_eq!(
+            dir.join(&a, "Dee", None, None, later),
+            Err(RoomError::NotFound)
+        );
+        assert!(dir.create(later, None).is_ok());
         assert_eq!(dir.len(), 1);
-        assert_eq!(dir.join("nope", "X", None, t0), Err(RoomError::NotFound));
+        assert_eq!(
+            dir.join("nope", "X", None, None, t0),
+            Err(RoomError::NotFound)
+        );
     }
 
     #[test]
@@ -399,17 +437,17 @@ mod tests {
         use tokio::sync::mpsc::unbounded_channel;
         let t0 = Instant::now();
         let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
-        let created = dir.create(t0).unwrap();
+        let created = dir.create(t0, None).unwrap();
         let room = created.room.clone();
         assert_eq!(
-            dir.join(&room, "Mallory", Some("wrong-key"), t0),
+            dir.join(&room, "Mallory", Some("wrong-key"), None, t0),
             Err(RoomError::NotHost)
         );
         let host = dir
-            .join(&room, "Host", Some(&created.host_key), t0)
+            .join(&room, "Host", Some(&created.host_key), None, t0)
             .unwrap();
-        let ann = dir.join(&room, "Ann", None, t0).unwrap();
-        let bo = dir.join(&room, "Bo", None, t0).unwrap();
+        let ann = dir.join(&room, "Ann", None, None, t0).unwrap();
+        let bo = dir.join(&room, "Bo", None, None, t0).unwrap();
         let (host_tx, mut host_rx) = unbounded_channel();
         let (ann_tx, mut ann_rx) = unbounded_channel();
         let (bo_tx, mut bo_rx) = unbounded_channel();
@@ -434,7 +472,10 @@ mod tests {
         };
         assert_eq!(drain(&mut ann_rx), vec![ended.clone()]);
         assert_eq!(drain(&mut host_rx), vec![ended]);
-        assert_eq!(dir.join(&room, "Late", None, t0), Err(RoomError::NotFound));
+        assert_eq!(
+            dir.join(&room, "Late", None, None, t0),
+            Err(RoomError::NotFound)
+        );
     }
 
     fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ServerMessage>) -> Vec<ServerMessage> {
@@ -450,11 +491,11 @@ mod tests {
         use tokio::sync::mpsc::unbounded_channel;
         let t0 = Instant::now();
         let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
-        let room = dir.create(t0).unwrap().room;
-        let other_room = dir.create(t0).unwrap().room;
-        let ann = dir.join(&room, "Ann", None, t0).unwrap();
-        let bo = dir.join(&room, "Bo", None, t0).unwrap();
-        let cy = dir.join(&other_room, "Cy", None, t0).unwrap();
+        let room = dir.create(t0, None).unwrap().room;
+        let other_room = dir.create(t0, None).unwrap().room;
+        let ann = dir.join(&room, "Ann", None, None, t0).unwrap();
+        let bo = dir.join(&room, "Bo", None, None, t0).unwrap();
+        let cy = dir.join(&other_room, "Cy", None, None, t0).unwrap();
         let (ann_tx, mut ann_rx) = unbounded_channel();
         let (bo_tx, mut bo_rx) = unbounded_channel();
         let (cy_tx, mut cy_rx) = unbounded_channel();
@@ -526,11 +567,29 @@ mod tests {
     }
 
     #[test]
-    fn display_names_are_checked() {
-        assert_eq!(clean_display_name("  Ann "), Some("Ann".into()));
-        assert_eq!(clean_display_name("   "), None);
-        assert_eq!(clean_display_name("a\u{7}b"), None);
-        assert_eq!(clean_display_name(&"x".repeat(65)), None);
-        assert_eq!(clean_display_name(&"é".repeat(64)), Some("é".repeat(64)));
+    fn closing_an_account_ends_its_meetings_only() {
+        let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mine = dir.create(t0, Some("acct-a")).unwrap();
+        let theirs = dir.create(t0, Some("acct-b")).unwrap().room;
+        let ann = dir
+            .join(&mine.room, "Ann", None, Some("acct-c"), t0)
+            .unwrap();
+        assert_eq!(dir.account_of(&mine.room, &ann).as_deref(), Some("acct-c"));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        dir.attach(&mine.room, &ann, tx).unwrap();
+        assert_eq!(dir.end_meetings_of("acct-a"), 1);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ServerMessage::Closed {
+                reason: CloseReason::MeetingEnded
+            })
+        ));
+        assert_eq!(
+            dir.join(&mine.room, "Late", None, None, t0),
+            Err(RoomError::NotFound)
+        );
+        assert!(dir.join(&theirs, "Bo", None, None, t0).is_ok());
+        assert_eq!(dir.end_meetings_of("acct-a"), 0);
     }
 }

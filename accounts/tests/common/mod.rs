@@ -116,6 +116,7 @@ pub fn config(url: &str, dir: &std::path::Path) -> AccountsConfig {
     let mut config = AccountsConfig {
         database_url: url.to_string(),
         time_zone: "Europe/Berlin".into(),
+        public_url: "http://127.0.0.1:8080".into(),
         ..AccountsConfig::default()
     };
     config.mail.outbox_dir = dir.join("outbox");
