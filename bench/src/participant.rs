@@ -86,6 +86,9 @@ pub struct ParticipantConfig {
     pub record_payloads: bool,
     /// The room's host key, to join as its host.
     pub host_key: Option<String>,
+    /// A session cookie (`name=value`) to join as a logged-in account, whose usage
+    /// record then holds this session.
+    pub session_cookie: Option<String>,
 }
 
 impl ParticipantConfig {
@@ -100,6 +103,7 @@ impl ParticipantConfig {
             screen: None,
             record_payloads: true,
             host_key: None,
+            session_cookie: None,
         }
     }
 }
@@ -333,12 +337,14 @@ pub async fn request_grant(
     config: &ParticipantConfig,
 ) -> Result<(String, String, String), ParticipantError> {
     let url = format!("{}/api/rooms/{}/join", config.server, config.room);
-    let response = reqwest::Client::new()
-        .post(url)
-        .json(&JoinBody {
-            display_name: &config.display_name,
-            host_key: config.host_key.as_deref(),
-        })
+    let mut request = reqwest::Client::new().post(url).json(&JoinBody {
+        display_name: &config.display_name,
+        host_key: config.host_key.as_deref(),
+    });
+    if let Some(cookie) = &config.session_cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| ParticipantError::Http(e.to_string()))?;
