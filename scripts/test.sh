@@ -19,6 +19,28 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
 fi
 prometheus --version 2>&1 | head -n 1
+# PostgreSQL: the accounts tests run on it for real (a fresh database per test,
+# dropped afterwards) as well as on SQLite.
+export VEIL_TEST_POSTGRES_URL="${VEIL_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "installing: postgresql"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  cluster=$(pg_lsclusters -h 2>/dev/null | awk 'NR==1 { print $1 " " $2 }')
+  [ -n "$cluster" ] || { echo "no PostgreSQL cluster found after installing" >&2; exit 1; }
+  conf="/etc/postgresql/${cluster% *}/${cluster#* }"
+  # Local test server: trust on loopback, as on the machines this suite targets.
+  if ! grep -q "veil test suite" "$conf/pg_hba.conf" 2>/dev/null; then
+    sed -i '1i host all all 127.0.0.1/32 trust # veil test suite\nhost all all ::1/128 trust # veil test suite' "$conf/pg_hba.conf"
+  fi
+  pg_ctlcluster $cluster start || pg_ctlcluster $cluster reload || true
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+fi
+pg_up || { echo "PostgreSQL is not answering on 127.0.0.1:5432" >&2; exit 1; }
+psql "$VEIL_TEST_POSTGRES_URL" -Atc 'SELECT version()' | head -n 1
 # The Compose specification validator (a PyPI package; it carries the schema offline).
 export PATH="$HOME/.local/bin:$PATH"
 if ! command -v check-jsonschema >/dev/null 2>&1; then

@@ -3,6 +3,8 @@
 //! files it mounts, and the `veil` binary started directly with the environment the
 //! compose file gives it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,10 +91,6 @@ fn service_environment(service: &str, overrides: &[(&str, String)]) -> Vec<(Stri
             break;
         }
         if let Some((key, value)) = trimmed.split_once(": ") {
-            // Postgres is not what this test is about; keep the embedded default.
-            if key == "VEIL_DATABASE_URL" {
-                continue;
-            }
             let value = overrides
                 .iter()
                 .find(|(k, _)| *k == key)
@@ -165,6 +163,8 @@ async fn signaling_and_sfu_run_with_their_compose_environments() {
 
     let http = format!("127.0.0.1:{}", free_port());
     let node = format!("127.0.0.1:{}", free_port());
+    // Compose's postgres service, played by the test server: a fresh database.
+    let (database_url, database) = common::fresh_postgres("veil_compose").await;
     let sfu_http = format!("127.0.0.1:{}", free_port());
     let media = format!("127.0.0.1:{}", free_port());
     let signaling_env = service_environment(
@@ -173,6 +173,9 @@ async fn signaling_and_sfu_run_with_their_compose_environments() {
             ("VEIL_HTTP_ADDR", http.clone()),
             ("VEIL_NODE_ADDR", node.clone()),
             ("VEIL_NODE_FINGERPRINTS", sfu_fp),
+            ("VEIL_DATABASE_URL", database_url.clone()),
+            ("VEIL_PUBLIC_URL", format!("http://{http}")),
+            ("VEIL_SMTP_URL", String::new()),
         ],
     );
     let sfu_env = service_environment(
@@ -220,5 +223,29 @@ async fn signaling_and_sfu_run_with_their_compose_environments() {
         assert!(text.contains("process_resident_memory_bytes"), "{url}");
         assert!(text.contains("veil_sfu_sessions"), "{url}");
     }
+    // Accounts live in PostgreSQL: a sign-up through signaling lands there.
+    let signed = reqwest::Client::new()
+        .post(format!("http://{http}/api/accounts"))
+        .json(
+            &serde_json::json!({"email": "compose@example.org", "display_name": "C",
+            "password": "a long enough passphrase", "age_confirmed": true, "accept_policy": true}),
+        )
+        .send()
+        .await
+        .expect("sign up");
+    assert_eq!(signed.status(), reqwest::StatusCode::CREATED);
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(&database_url)
+            .await
+            .expect("db");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(&mut db)
+            .await
+            .expect("count");
+        assert_eq!(n, 1);
+    }
+    drop(_signaling);
+    common::drop_postgres(&database).await;
     let _ = std::fs::remove_dir_all(&root);
 }
