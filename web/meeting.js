@@ -6,6 +6,7 @@
 // Must never: put the room secret (the URL fragment) in a request, a log, storage or a
 // message; send media frames that were not encrypted; load anything from another origin.
 import { E2ee, parseSecret } from './keys.js';
+import { alignExtmapIds, currentDtlsRole, keepDtlsRole, sentExtension } from './sdp.js';
 
 const $ = (id) => document.getElementById(id);
 const room = decodeURIComponent(location.pathname.replace(/^\/r\//, '').replace(/\/.*$/, ''));
@@ -20,19 +21,33 @@ const state = {
   worker: null,
   local: null, // MediaStream of camera + microphone
   screen: null, // MediaStream of the shared screen
-  senders: { audio: null, video: null, screen: null },
+  senders: { audio: null, video: null },
   names: new Map(), // participant → display name
   states: new Map(), // participant → MediaState
-  streams: new Map(), // participant → MediaStream
+  remote: new Map(), // participant → received tracks, oldest first (RemoteMedia)
+  streams: new Map(), // participant → MediaStream its tile shows
+  transformed: new WeakSet(), // receivers whose frames already go through the worker
   undecryptable: new Set(),
   media: { audio_muted: false, video_muted: false, screen_sharing: false, hand_raised: false },
   leaving: false,
   reconnectAttempt: 0,
   negotiation: { makingOffer: false, settingRemoteAnswer: false },
   pendingCandidates: [],
+  inbox: Promise.resolve(), // server messages, handled one after the other
+  lastingStatus: '',
 };
 
-function status(text) {
+let statusTimer = null;
+
+// `transient`: a passing notice (e.g. "copied"); the lasting status comes back after it.
+function status(text, { transient = false } = {}) {
+  clearTimeout(statusTimer);
+  if (transient) {
+    const lasting = state.lastingStatus;
+    statusTimer = setTimeout(() => ($('status').textContent = lasting), 5000);
+  } else {
+    state.lastingStatus = text;
+  }
   $('status').textContent = text;
 }
 
@@ -127,7 +142,11 @@ function openSocket(first) {
     } catch {
       return;
     }
-    onServerMessage(msg).catch((e) => status(`Problem: ${e.message}`));
+    // One message at a time, in order: handlers await (key setup, SDP), and an offer or a
+    // key blob must not be seen before the `joined` that prepares for it.
+    state.inbox = state.inbox
+      .then(() => (state.ws === ws ? onServerMessage(msg) : undefined))
+      .catch((e) => status(`Problem: ${e.message}`));
   });
   ws.addEventListener('close', () => {
     if (state.ws !== ws || state.leaving) return;
@@ -174,7 +193,7 @@ async function onServerMessage(msg) {
       break;
     case 'participant_state':
       state.states.set(msg.participant, msg.state || {});
-      renderTile(msg.participant);
+      showRemote(msg.participant);
       break;
     case 'e2ee':
       if (!state.e2ee) return;
@@ -248,8 +267,10 @@ async function onParticipantLeft(participant) {
   state.names.delete(participant);
   state.states.delete(participant);
   state.streams.delete(participant);
+  state.remote.delete(participant);
   state.undecryptable.delete(participant);
   document.querySelector(`[data-participant="${CSS.escape(participant)}"]`)?.remove();
+  showE2eeWarning();
   state.worker.postMessage({ type: 'peer-left', participant });
   // Rotate so the departed member cannot read what follows.
   if (state.e2ee) sendBlobs(await state.e2ee.peerLeft(participant));
@@ -273,10 +294,18 @@ async function startPeerConnection() {
     if (state.pc !== pc) return;
     try {
       state.negotiation.makingOffer = true;
-      await pc.setLocalDescription();
+      const offer = await pc.createOffer();
+      // Another description may have arrived meanwhile; it renegotiates anyway.
+      if (pc.signalingState !== 'stable') return;
+      const negotiated = [pc.currentRemoteDescription?.sdp, pc.currentLocalDescription?.sdp];
+      await pc.setLocalDescription({ type: 'offer', sdp: alignExtmapIds(offer.sdp, negotiated) });
       send({ type: 'offer', sdp: pc.localDescription.sdp });
     } catch (e) {
-      status(`Negotiation problem: ${e.message}`);
+      // An offer from the SFU overtook ours: once it is answered, negotiationneeded fires
+      // again for whatever is still to negotiate.
+      if (pc.signalingState === 'stable' && !(e instanceof DOMException && e.name === 'InvalidStateError')) {
+        status(`Negotiation problem: ${e.message}`);
+      }
     } finally {
       state.negotiation.makingOffer = false;
     }
@@ -286,15 +315,15 @@ async function startPeerConnection() {
     if (pc.connectionState === 'failed') pc.restartIce();
   });
   const audio = state.local.getAudioTracks()[0];
-  const video = state.local.getVideoTracks()[0];
+  const video = sentVideoTrack();
   if (audio) state.senders.audio = addSending(audio, 'audio');
   if (video) state.senders.video = addSending(video, 'video');
-  if (state.screen) state.senders.screen = addSending(state.screen.getVideoTracks()[0], 'video');
 }
 
 function addSending(track, kind) {
   const transceiver = state.pc.addTransceiver(track, { direction: 'sendonly', streams: [state.local] });
   if (kind === 'video') preferVp8(transceiver);
+  offerOnlyUsedExtensions(transceiver);
   attachTransform(transceiver.sender, { operation: 'encrypt', kind });
   return transceiver.sender;
 }
@@ -308,6 +337,18 @@ function preferVp8(transceiver) {
   if (codecs.some((c) => /vp8/i.test(c.mimeType))) transceiver.setCodecPreferences(codecs);
 }
 
+function offerOnlyUsedExtensions(transceiver) {
+  if (!transceiver.getHeaderExtensionsToNegotiate || !transceiver.setHeaderExtensionsToNegotiate) return;
+  const wanted = transceiver
+    .getHeaderExtensionsToNegotiate()
+    .map((e) => (sentExtension(e.uri) ? e : { ...e, direction: 'stopped' }));
+  try {
+    transceiver.setHeaderExtensionsToNegotiate(wanted);
+  } catch {
+    // Offering more than needed is harmless; alignExtmapIds keeps the ids consistent.
+  }
+}
+
 async function onDescription(description) {
   const pc = state.pc;
   if (!pc) return;
@@ -316,6 +357,10 @@ async function onDescription(description) {
   const collision = description.type === 'offer' && !readyForOffer;
   // Polite: never ignore the SFU's offer; setRemoteDescription rolls our own offer back.
   if (collision && pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+  if (description.type === 'answer') {
+    const role = currentDtlsRole(pc.currentLocalDescription, pc.currentRemoteDescription);
+    description = { type: 'answer', sdp: keepDtlsRole(description.sdp, role) };
+  }
   n.settingRemoteAnswer = description.type === 'answer';
   try {
     await pc.setRemoteDescription(description);
@@ -343,31 +388,53 @@ function onTrack(event) {
   // The stream id is the publisher's participant id; the track id is its track.
   const participant = event.streams[0]?.id;
   if (!participant) return;
-  attachTransform(event.receiver, { operation: 'decrypt', kind: event.track.kind, participant });
-  let stream = state.streams.get(participant);
-  if (!stream) {
-    stream = new MediaStream();
-    state.streams.set(participant, stream);
+  const { receiver, track } = event;
+  // A receiver can come back for a later track: createEncodedStreams works once per
+  // receiver, and a script transform is replaced only if the sender changed.
+  if (!state.transformed.has(receiver) || (hasScriptTransform && receiver.transform?.veilParticipant !== participant)) {
+    attachTransform(receiver, { operation: 'decrypt', kind: track.kind, participant });
+    if (hasScriptTransform) receiver.transform.veilParticipant = participant;
+    state.transformed.add(receiver);
   }
-  // One video shown per tile: a newer video (e.g. a screen) replaces the older one.
-  if (event.track.kind === 'video') for (const t of stream.getVideoTracks()) stream.removeTrack(t);
-  stream.addTrack(event.track);
-  event.track.addEventListener('ended', () => stream.removeTrack(event.track));
+  const tracks = state.remote.get(participant) || [];
+  state.remote.set(participant, [...tracks.filter((t) => t !== track), track]);
+  track.addEventListener('ended', () => forgetTrack(track));
+  showRemote(participant);
+}
+
+// The tile shows a participant's audio and its newest video (each participant sends one
+// video, camera or screen, on one sender; a newer one replaces an older after a rejoin).
+function showRemote(participant) {
+  const tracks = (state.remote.get(participant) || []).filter((t) => t.readyState === 'live');
+  const video = tracks.filter((t) => t.kind === 'video').at(-1);
+  const audio = tracks.filter((t) => t.kind === 'audio');
+  const shown = state.streams.get(participant);
+  const wanted = [...audio, ...(video ? [video] : [])];
+  const same = shown && shown.getTracks().length === wanted.length && wanted.every((t) => shown.getTracks().includes(t));
+  if (!same) state.streams.set(participant, new MediaStream(wanted));
   renderTile(participant);
 }
 
-function removeTrack(trackId) {
-  for (const stream of state.streams.values()) {
-    for (const t of stream.getTracks()) if (t.id === trackId) stream.removeTrack(t);
+function forgetTrack(track) {
+  for (const [participant, tracks] of state.remote) {
+    if (!tracks.includes(track)) continue;
+    state.remote.set(participant, tracks.filter((t) => t !== track));
+    showRemote(participant);
   }
+}
+
+// `track_unpublished` names the publisher's track, which is the received track's id.
+function removeTrack(trackId) {
+  for (const tracks of state.remote.values()) for (const t of tracks) if (t.id === trackId) forgetTrack(t);
 }
 
 function closePeerConnection() {
   if (state.pc) state.pc.close();
   state.pc = null;
-  state.senders = { audio: null, video: null, screen: null };
+  state.senders = { audio: null, video: null };
   state.pendingCandidates = [];
   state.streams.clear();
+  state.remote.clear();
 }
 
 function resetRoom() {
@@ -377,10 +444,14 @@ function resetRoom() {
   state.states.clear();
   state.undecryptable.clear();
   $('tiles').replaceChildren();
+  $('e2ee-warning').hidden = true;
 }
 
 // --- Grid ------------------------------------------------------------------------------------
 function renderTile(participant) {
+  // Only members: late events (a decrypt status, a track) must not bring back the tile
+  // of someone who left.
+  if (!state.names.has(participant)) return;
   const tiles = $('tiles');
   let li = tiles.querySelector(`[data-participant="${CSS.escape(participant)}"]`);
   const own = participant === state.participant;
@@ -422,6 +493,15 @@ function renderTile(participant) {
   );
   const label = [own ? `${name} (you)` : name, ...badges.map((b) => b[0])].join(', ');
   li.setAttribute('aria-label', label);
+  showE2eeWarning();
+}
+
+// Shown when there are others and this page can decrypt none of them (wrong or
+// truncated key in the link); one undecryptable member only gets its tile's badge.
+function showE2eeWarning() {
+  const others = [...state.names.keys()].filter((id) => id !== state.participant);
+  const unreadable = (id) => state.undecryptable.has(id) || !!state.e2ee?.rejected(id);
+  $('e2ee-warning').hidden = !(others.length > 0 && others.every(unreadable));
 }
 
 async function refreshSecurity() {
@@ -430,21 +510,32 @@ async function refreshSecurity() {
   for (const id of state.names.keys()) renderTile(id);
 }
 
-// Active speaker from the receivers' audio levels (the level header extension stays
-// clear, so this works on encrypted audio).
+// Active speaker from the receivers' decoded audio (the level header extension stays
+// clear for the SFU, but this reads what was actually decrypted and decoded): the mean
+// power over the last poll interval, from the growth of totalAudioEnergy and
+// totalSamplesDuration. An instantaneous audioLevel sampled every 500 ms misses short
+// sounds and can stay out of phase with periodic ones.
+const SPEAKING_POWER = 0.02 ** 2; // mean power of a signal at 2 % of full scale
+const lastEnergy = new WeakMap(); // receiver → {energy, duration}
+
 async function pollSpeakers() {
   const pc = state.pc;
   if (!pc) return;
   let loudest = null;
-  let level = 0.02;
+  let loudestPower = SPEAKING_POWER;
   for (const r of pc.getReceivers()) {
     if (r.track.kind !== 'audio') continue;
-    const participant = [...state.streams].find(([, s]) => s.getTracks().includes(r.track))?.[0];
+    const participant = [...state.remote].find(([, tracks]) => tracks.includes(r.track))?.[0];
     if (!participant) continue;
-    const stats = await r.getStats();
-    for (const st of stats.values()) {
-      if (st.type === 'inbound-rtp' && typeof st.audioLevel === 'number' && st.audioLevel > level) {
-        level = st.audioLevel;
+    for (const st of (await r.getStats()).values()) {
+      if (st.type !== 'inbound-rtp' || typeof st.totalAudioEnergy !== 'number') continue;
+      const now = { energy: st.totalAudioEnergy, duration: st.totalSamplesDuration || 0 };
+      const before = lastEnergy.get(r);
+      lastEnergy.set(r, now);
+      const elapsed = before ? now.duration - before.duration : 0;
+      const power = elapsed > 0 ? (now.energy - before.energy) / elapsed : 0;
+      if (power > loudestPower) {
+        loudestPower = power;
         loudest = participant;
       }
     }
@@ -485,23 +576,35 @@ $('share').addEventListener('click', async () => {
   try {
     state.screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
   } catch {
-    status('Screen sharing was not started.');
+    status('Screen sharing was not started.', { transient: true });
     return;
   }
   const track = state.screen.getVideoTracks()[0];
   track.addEventListener('ended', stopSharing);
-  if (state.pc) state.senders.screen = addSending(track, 'video');
+  await sendVideo();
   state.media.screen_sharing = true;
   setPressed($('share'), true, 'Stop sharing screen', 'Share screen');
   publishState();
 });
 
+// One video per participant: the shared screen while there is one, else the camera. The
+// screen replaces the camera on the same sender, so sharing needs no renegotiation and
+// the others need not tell a screen track from a camera track (the SFU gives no hint,
+// and a second track would linger: webrtc-rs 0.21 sees no end when a renegotiation
+// stops a track).
+function sentVideoTrack() {
+  return state.screen?.getVideoTracks()[0] || state.local?.getVideoTracks()[0] || null;
+}
+
+async function sendVideo() {
+  if (state.senders.video) await state.senders.video.replaceTrack(sentVideoTrack());
+}
+
 function stopSharing() {
   if (!state.screen) return;
   for (const t of state.screen.getTracks()) t.stop();
   state.screen = null;
-  if (state.pc && state.senders.screen) state.pc.removeTrack(state.senders.screen);
-  state.senders.screen = null;
+  sendVideo().catch(() => {});
   state.media.screen_sharing = false;
   setPressed($('share'), false, 'Stop sharing screen', 'Share screen');
   publishState();
@@ -511,9 +614,9 @@ $('copy-link').addEventListener('click', async () => {
   // The link keeps its #fragment: that is the meeting's key, shared only person to person.
   try {
     await navigator.clipboard.writeText(location.href);
-    status('Invite link copied. Anyone with it can join and decrypt this meeting.');
+    status('Invite link copied. Anyone with it can join and decrypt this meeting.', { transient: true });
   } catch {
-    status('Could not copy; copy the address bar instead (including the part after #).');
+    status('Could not copy; copy the address bar instead (including the part after #).', { transient: true });
   }
 });
 
@@ -557,7 +660,7 @@ async function main() {
   state.worker = new Worker('/assets/e2ee-worker.js', { type: 'module', name: 'veil-e2ee' });
   state.worker.addEventListener('message', (ev) => {
     const m = ev.data;
-    if (m.type !== 'decrypt-status') return;
+    if (m.type !== 'decrypt-status' || !state.names.has(m.participant)) return;
     if (m.ok) state.undecryptable.delete(m.participant);
     else state.undecryptable.add(m.participant);
     renderTile(m.participant);

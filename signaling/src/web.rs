@@ -28,6 +28,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("meeting.js", JS, include_str!("../../web/meeting.js")),
     ("sframe.js", JS, include_str!("../../web/sframe.js")),
     ("keys.js", JS, include_str!("../../web/keys.js")),
+    ("sdp.js", JS, include_str!("../../web/sdp.js")),
     (
         "e2ee-worker.js",
         JS,
