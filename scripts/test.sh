@@ -69,6 +69,20 @@ node_flags=()
 web_log=$(mktemp)
 node "${node_flags[@]}" --test web/test/ 2>&1 | tee "$web_log"
 
+# --- browser tests (tests/browser.rs): Chromium and playwright-core --------------------
+step "browser tests' tools"
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing: chromium"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+chromium --version 2>/dev/null | head -n 1
+if [ ! -d web/e2e/node_modules ]; then
+  command -v npm >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+  (cd web/e2e && npm ci --no-audit --no-fund)
+fi
+# --- end of browser tests' tools ---------------------------------------------------------
+
 step "tests"
 # WebRTC tests keep every peer on loopback; they run a few at a time so that two
 # cores are not oversubscribed by many simultaneous peer connections.
