@@ -13,10 +13,13 @@
 // check, printing Veil's log and the pages' console.
 //
 // Environment: VEIL_BIN (required) the veil binary; VEIL_CHROMIUM (default
-// /usr/bin/chromium); VEIL_E2E_SCREENSHOT a path for a PNG of a three-person meeting.
+// /usr/bin/chromium); VEIL_E2E_SCREENSHOT a path for a PNG of a three-person meeting
+// (docs/meeting.png is made so). While working on web/: VEIL_E2E_WEB_DIR=web serves the
+// pages and scripts from that folder instead of the binary's copies (no rebuild per
+// change), VEIL_E2E_DEBUG_SDP=1 logs every description set (shown on failure).
 //
-// Printed, never asserted: join-to-first-decoded-frame times and which Encoded Transform
-// API Chromium used.
+// Printed, never asserted: join-to-first-decoded-frame times (with ICE and DTLS steps)
+// and which Encoded Transform API Chromium used.
 
 import { chromium } from 'playwright-core';
 import { execFileSync, spawn } from 'node:child_process';
@@ -187,6 +190,10 @@ function instrument({ forceEncodedStreams, debugSdp }) {
     scriptTransforms: 0,
     encodedStreams: 0,
     joinAt: null,
+    connectedAt: null,
+    iceCheckingAt: null,
+    iceConnectedAt: null,
+    firstPacketAt: null,
     firstFrameAt: null,
   };
   window.__veilTest = t;
@@ -214,9 +221,9 @@ function instrument({ forceEncodedStreams, debugSdp }) {
       if (pc.signalingState === 'closed' || t.firstFrameAt !== null) return clearInterval(timer);
       const stats = await pc.getStats();
       for (const r of stats.values()) {
-        if (r.type === 'inbound-rtp' && r.kind === 'video' && r.framesDecoded > 0 && t.firstFrameAt === null) {
-          t.firstFrameAt = performance.now();
-        }
+        if (r.type !== 'inbound-rtp' || r.kind !== 'video') continue;
+        if (r.packetsReceived > 0) t.firstPacketAt ??= performance.now();
+        if (r.framesDecoded > 0) t.firstFrameAt ??= performance.now();
       }
     }, 20);
   };
@@ -237,6 +244,13 @@ function instrument({ forceEncodedStreams, debugSdp }) {
       }
       this.addEventListener('track', (e) => t.owners.set(e.track.id, e.streams[0]?.id ?? '?'));
       watchFirstFrame(this);
+      this.addEventListener('iceconnectionstatechange', () => {
+        if (this.iceConnectionState === 'checking') t.iceCheckingAt ??= performance.now();
+        if (this.iceConnectionState === 'connected') t.iceConnectedAt ??= performance.now();
+      });
+      this.addEventListener('connectionstatechange', () => {
+        if (this.connectionState === 'connected') t.connectedAt ??= performance.now();
+      });
     }
   };
   document.addEventListener('submit', () => (t.joinAt ??= performance.now()), true);
@@ -372,7 +386,16 @@ class Person {
   test() {
     return this.page.evaluate(() => {
       const t = window.__veilTest;
-      return { scriptTransforms: t.scriptTransforms, encodedStreams: t.encodedStreams, joinAt: t.joinAt, firstFrameAt: t.firstFrameAt };
+      const since = (at) => (t.joinAt !== null && at !== null ? Math.round(at - t.joinAt) : null);
+      return {
+        scriptTransforms: t.scriptTransforms,
+        encodedStreams: t.encodedStreams,
+        connected: since(t.connectedAt),
+        iceChecking: since(t.iceCheckingAt),
+        iceConnected: since(t.iceConnectedAt),
+        firstPacket: since(t.firstPacketAt),
+        firstFrame: since(t.firstFrameAt),
+      };
     });
   }
 
@@ -743,9 +766,7 @@ async function main() {
       const api = t.scriptTransforms > 0 ? 'RTCRtpScriptTransform' : t.encodedStreams > 0 ? 'createEncodedStreams' : 'none';
       const firstFrame = !t.timed
         ? 'not timed (joined an empty meeting)'
-        : t.joinAt !== null && t.firstFrameAt !== null
-          ? `${Math.round(t.firstFrameAt - t.joinAt)} ms`
-          : 'n/a';
+        : `${t.firstFrame ?? 'n/a'} ms (ICE checking ${t.iceChecking ?? 'n/a'} ms, ICE connected ${t.iceConnected ?? 'n/a'} ms, DTLS up ${t.connected ?? 'n/a'} ms, first video packet ${t.firstPacket ?? 'n/a'} ms)`;
       log(`  ${name}: join-to-first-decoded-frame ${firstFrame}; encoded transform API ${api} ` +
         `(${t.scriptTransforms} RTCRtpScriptTransform, ${t.encodedStreams} createEncodedStreams)`);
     }
