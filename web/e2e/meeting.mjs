@@ -462,10 +462,16 @@ async function run(veil, browser) {
   // Ada opens the landing page and pastes the invite link.
   const ada = await Person.open(browser, veil.base, 'Ada');
   await ada.page.goto(`${veil.base}/`);
+  // Without an account the landing page cannot create a meeting, and says why.
+  await ada.page.getByRole('button', { name: 'Create a meeting' }).click();
+  await waitFor('the landing page says creating needs a log-in', async () =>
+    /log in/i.test(await ada.page.locator('#create-status').textContent()),
+  );
+  assert(new URL(ada.page.url()).pathname === '/', 'no meeting page without an account');
   await ada.page.getByLabel('Invite link').fill(link);
   await ada.page.getByRole('button', { name: 'Open' }).click();
   await ada.page.waitForURL((u) => u.pathname === `/r/${room}` && u.hash === `#${secret}`);
-  ok('the landing page opens an invite link, fragment kept');
+  ok('the landing page explains that creating needs a log-in, and opens an invite link, fragment kept');
 
   // Preview and device choice.
   await waitFor('the preview plays the camera', () =>
