@@ -14,6 +14,7 @@ pub mod load;
 pub mod media;
 pub mod participant;
 pub mod payload;
+pub mod purge;
 pub mod relay;
 pub mod report;
 pub mod sframe;
