@@ -143,30 +143,12 @@ impl Accounts {
         let Some((id, kind)) = self.claim(&mut tx, now).await? else {
             return Ok(None);
         };
-        step(PurgeStep::Claim)?;
-        for (done, sql) in LINKED {
-            sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
-            step(done)?;
+        // Roll back explicitly on failure: a dropped transaction rolls back only when
+        // its pooled connection is next used, holding the claim's row lock till then.
+        if let Err(e) = self.delete_claimed(&mut tx, &id, kind, now, step).await {
+            let _ = tx.rollback().await;
+            return Err(e);
         }
-        sqlx::query("DELETE FROM accounts WHERE id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-        step(PurgeStep::Account)?;
-        match kind {
-            Kind::Closed { requested_at } => {
-                let waited = now
-                    .duration_since(from_millis(requested_at))
-                    .as_secs()
-                    .max(0);
-                rollup::bump(&mut tx, now, Measure::Purges, 1).await?;
-                rollup::bump(&mut tx, now, Measure::PurgeWaitSeconds, waited).await?;
-            }
-            Kind::Unverified => {
-                rollup::bump(&mut tx, now, Measure::ExpiredUnverified, 1).await?;
-            }
-        }
-        step(PurgeStep::Rollup)?;
         tx.commit().await?;
         let label = match kind {
             Kind::Closed { .. } => "closed",
@@ -178,6 +160,41 @@ impl Accounts {
             .inc();
         self.forget_outbox(&id);
         Ok(Some(kind))
+    }
+
+    /// Deletes the claimed account's rows and bumps the rollups, inside `tx`.
+    async fn delete_claimed(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        kind: Kind,
+        now: Timestamp,
+        step: impl Fn(PurgeStep) -> Result<(), PurgeError>,
+    ) -> Result<(), PurgeError> {
+        step(PurgeStep::Claim)?;
+        for (done, sql) in LINKED {
+            sqlx::query(sql).bind(id).execute(&mut **tx).await?;
+            step(done)?;
+        }
+        sqlx::query("DELETE FROM accounts WHERE id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        step(PurgeStep::Account)?;
+        match kind {
+            Kind::Closed { requested_at } => {
+                let waited = now
+                    .duration_since(from_millis(requested_at))
+                    .as_secs()
+                    .max(0);
+                rollup::bump(tx, now, Measure::Purges, 1).await?;
+                rollup::bump(tx, now, Measure::PurgeWaitSeconds, waited).await?;
+            }
+            Kind::Unverified => {
+                rollup::bump(tx, now, Measure::ExpiredUnverified, 1).await?;
+            }
+        }
+        step(PurgeStep::Rollup)
     }
 
     /// Picks the next account to purge and locks it against other workers.
