@@ -284,58 +284,48 @@ impl Accounts {
     /// Sends a fresh verification link to an unverified account. Answers the same
     /// whether or not the address has an account.
     pub async fn resend_verification(&self, email: &str) -> Result<(), AccountError> {
-        let email = clean_email(email)?;
-        let Some(id) = sqlx::query_scalar::<_, String>(
+        self.mail_fresh_link(
+            email,
             "SELECT id FROM accounts WHERE email = $1 AND email_verified_at IS NULL AND closed_at IS NULL",
-        )
-        .bind(&email)
-        .fetch_optional(self.store.pool())
-        .await?
-        else {
-            return Ok(());
-        };
-        let link = token::secret()?;
-        let mut tx = self.store.write().await?;
-        self.insert_link(
-            &mut tx,
-            &id,
             Purpose::Verify,
-            &email,
-            &link,
             self.unverified_ttl(),
         )
-        .await?;
-        tx.commit().await?;
-        self.send_link(&id, Purpose::Verify, &email, &link).await;
-        Ok(())
+        .await
     }
 
     /// Sends a password-reset link (valid one hour). Same answer for unknown addresses.
     pub async fn request_password_reset(&self, email: &str) -> Result<(), AccountError> {
-        let email = clean_email(email)?;
-        let Some(id) = sqlx::query_scalar::<_, String>(
+        self.mail_fresh_link(
+            email,
             "SELECT id FROM accounts WHERE email = $1 AND closed_at IS NULL",
+            Purpose::PasswordReset,
+            SignedDuration::from_hours(1),
         )
-        .bind(&email)
-        .fetch_optional(self.store.pool())
-        .await?
+        .await
+    }
+
+    /// Mails a new `purpose` link to the account `find` names for `email`, if any.
+    async fn mail_fresh_link(
+        &self,
+        email: &str,
+        find: &'static str,
+        purpose: Purpose,
+        ttl: SignedDuration,
+    ) -> Result<(), AccountError> {
+        let email = clean_email(email)?;
+        let Some(id) = sqlx::query_scalar::<_, String>(find)
+            .bind(&email)
+            .fetch_optional(self.store.pool())
+            .await?
         else {
             return Ok(());
         };
         let link = token::secret()?;
         let mut tx = self.store.write().await?;
-        self.insert_link(
-            &mut tx,
-            &id,
-            Purpose::PasswordReset,
-            &email,
-            &link,
-            SignedDuration::from_hours(1),
-        )
-        .await?;
+        self.insert_link(&mut tx, &id, purpose, &email, &link, ttl)
+            .await?;
         tx.commit().await?;
-        self.send_link(&id, Purpose::PasswordReset, &email, &link)
-            .await;
+        self.send_link(&id, purpose, &email, &link).await;
         Ok(())
     }
 
