@@ -185,6 +185,47 @@ fn promtool_accepts_the_shipped_config_and_rules() {
         None,
     );
     assert!(ok, "{out}");
+    // The rules' own unit tests: each alert fires on the series that should raise it.
+    let (ok, out) = run_promtool(
+        &[
+            "test",
+            "rules",
+            &repo("metrics/prometheus/rules_test.yml").to_string_lossy(),
+        ],
+        None,
+    );
+    assert!(ok, "promtool test rules: {out}");
+}
+
+/// What the accounts dashboard shows, done as people would: two sign-ups with
+/// verification and log-in, a refused log-in, one account closed and purged, and one
+/// closed that still awaits the purge (the pending gauge).
+async fn account_activity(veil: &veil::Running) {
+    let base = veil.base_url();
+    let outbox = veil.accounts.outbox().expect("outbox");
+    let client = reqwest::Client::new();
+    let gone = host_cookie(&base, &outbox, "gone@example.org").await;
+    let pending = host_cookie(&base, &outbox, "pending@example.org").await;
+    let refused = client
+        .post(format!("{base}/api/session"))
+        .json(&serde_json::json!({ "email": "gone@example.org", "password": "not the passphrase" }))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    for cookie in [&gone, &pending] {
+        let closed = client
+            .post(format!("{base}/api/account/close"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("close");
+        assert!(closed.status().is_success(), "{}", closed.status());
+        if cookie == &gone {
+            let report = veil.accounts.purge().await.expect("purge");
+            assert_eq!(report.closed, 1);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +262,8 @@ async fn every_panel_and_alert_evaluates_against_a_live_call() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    account_activity(&veil).await;
 
     let room = new_room(&veil);
     let mut host = participant(&veil, &room, "Host");
@@ -260,7 +303,15 @@ async fn every_panel_and_alert_evaluates_against_a_live_call() {
     }
 
     let mut failures = Vec::new();
-    let dashboards = [repo("metrics/grafana/dashboards/veil-overview.json")];
+    let dashboards = [
+        repo("metrics/grafana/dashboards/veil-overview.json"),
+        repo("metrics/grafana/dashboards/veil-accounts.json"),
+    ];
+    // Every dashboard shipped is one of these: a new one must be proven here too.
+    let shipped = std::fs::read_dir(repo("metrics/grafana/dashboards"))
+        .expect("dashboards")
+        .count();
+    assert_eq!(shipped, dashboards.len(), "a dashboard is not evaluated here");
     for dashboard in &dashboards {
         for (panel, expr) in panel_queries(dashboard) {
             let answer = query(&client, &prom, &expr).await;
@@ -278,6 +329,23 @@ async fn every_panel_and_alert_evaluates_against_a_live_call() {
             } else {
                 println!("{panel}: {expr} = {result}");
             }
+        }
+    }
+    // The accounts panels show what was done, not just something.
+    for (expr, low, high) in [
+        ("sum(increase(veil_account_signups_total[5m]))", 1.5, 10.0),
+        ("sum(increase(veil_account_closures_total[5m]))", 1.5, 10.0),
+        ("sum(veil_account_deletions_pending)", 1.0, 1.0),
+        ("sum(veil_account_deletions_overdue)", 0.0, 0.0),
+        ("sum(increase(veil_account_purges_total{kind=\"closed\"}[5m]))", 0.5, 5.0),
+        ("sum(increase(veil_account_logins_total{outcome=\"failed\"}[5m]))", 0.5, 5.0),
+    ] {
+        let answer = query(&client, &prom, expr).await;
+        let value = answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok());
+        if !value.is_some_and(|v| (low..=high).contains(&v)) {
+            failures.push(format!("{expr} = {value:?}, expected {low}..={high}"));
         }
     }
     for (alert, expr) in alert_expressions() {

@@ -80,6 +80,7 @@ impl Accounts {
         tx.commit().await?;
         self.metrics.account_closures.inc();
         self.closed(id);
+        self.refresh_gauges_after_commit().await;
         Ok(Closed {
             closed_at: now,
             deletion_due_at: due,
@@ -140,6 +141,15 @@ impl Accounts {
         .await?;
         rollup::bump(&mut tx, now, Measure::Reopenings, 1).await?;
         tx.commit().await?;
+        self.refresh_gauges_after_commit().await;
         Ok(())
+    }
+
+    /// Admins see a closure or reopening in the pending gauge at once, not at the next
+    /// purge run. The change is already committed, so a failure here is only logged.
+    async fn refresh_gauges_after_commit(&self) {
+        if let Err(error) = self.refresh_deletion_gauges().await {
+            tracing::warn!(%error, "deletion gauges not refreshed");
+        }
     }
 }

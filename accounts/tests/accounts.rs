@@ -680,7 +680,10 @@ on_both_databases!(
             accounts.reopen(reopen(false)).await.err().map(|e| e.code()),
             Some("policy_required")
         );
+        assert_eq!(accounts.metrics.account_deletions_pending.get(), 1);
         accounts.reopen(reopen(true)).await.expect("reopen");
+        // Nothing awaits deletion any more, and the gauge says so at once.
+        assert_eq!(accounts.metrics.account_deletions_pending.get(), 0);
         let (session, _) = session_for(&env, "gus@example.org").await;
         // Closed again, and this time the grace period runs out.
         accounts.close(&session).await.unwrap();
@@ -781,7 +784,7 @@ on_both_databases!(
         env.verified("gia@example.org", "Gia", PASSWORD).await;
         let (session, _) = session_for(&env, "gia@example.org").await;
         accounts.close(&session).await.unwrap();
-        accounts.refresh_deletion_gauges().await.unwrap();
+        // The closure itself updates the gauges, before any purge run.
         assert_eq!(env.metrics.account_deletions_pending.get(), 1);
         assert_eq!(env.metrics.account_deletions_overdue.get(), 0);
         // Were the purge never to run: overdue after the deadline.
