@@ -311,7 +311,11 @@ async fn every_panel_and_alert_evaluates_against_a_live_call() {
     let shipped = std::fs::read_dir(repo("metrics/grafana/dashboards"))
         .expect("dashboards")
         .count();
-    assert_eq!(shipped, dashboards.len(), "a dashboard is not evaluated here");
+    assert_eq!(
+        shipped,
+        dashboards.len(),
+        "a dashboard is not evaluated here"
+    );
     for dashboard in &dashboards {
         for (panel, expr) in panel_queries(dashboard) {
             let answer = query(&client, &prom, &expr).await;
@@ -337,8 +341,16 @@ async fn every_panel_and_alert_evaluates_against_a_live_call() {
         ("sum(increase(veil_account_closures_total[5m]))", 1.5, 10.0),
         ("sum(veil_account_deletions_pending)", 1.0, 1.0),
         ("sum(veil_account_deletions_overdue)", 0.0, 0.0),
-        ("sum(increase(veil_account_purges_total{kind=\"closed\"}[5m]))", 0.5, 5.0),
-        ("sum(increase(veil_account_logins_total{outcome=\"failed\"}[5m]))", 0.5, 5.0),
+        (
+            "sum(increase(veil_account_purges_total{kind=\"closed\"}[5m]))",
+            0.5,
+            5.0,
+        ),
+        (
+            "sum(increase(veil_account_logins_total{outcome=\"failed\"}[5m]))",
+            0.5,
+            5.0,
+        ),
     ] {
         let answer = query(&client, &prom, expr).await;
         let value = answer["data"]["result"][0]["value"][1]
