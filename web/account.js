@@ -1,15 +1,20 @@
 // The account page (P5, P6): what Veil holds about the person, corrections, the export
 // download, consent, log-out and closing the account. Logged-out visitors go to /login.
-import { call, fileName, onSubmit, say, when } from './api.js';
+import { call, fileName, onSubmit, say, tell, when } from './api.js';
 
 const $ = (id) => document.getElementById(id);
 const pageStatus = $('account-status');
 
-/** Leaves for the log-in page when the session is gone; true if so. */
-function loggedOut(res) {
-  if (res.status !== 401) return false;
-  location.replace('/login');
-  return true;
+/**
+ * Says how `res` went in `region` (see `tell`), or leaves for the log-in page when the
+ * session is gone. Answers whether it worked.
+ */
+function outcome(region, res, done) {
+  if (res.status === 401) {
+    location.replace('/login');
+    return false;
+  }
+  return tell(region, res, done);
 }
 
 function show(profile) {
@@ -35,13 +40,9 @@ function show(profile) {
 
 async function load() {
   const res = await call('GET', '/api/account');
-  if (loggedOut(res)) return;
-  if (!res.ok) {
-    say(pageStatus, res.message, 'error');
-    return;
-  }
+  if (!outcome(pageStatus, res, (p) => `Logged in as ${p.display_name}.`)) return;
+  pageStatus.classList.remove('ok');
   show(res.data);
-  say(pageStatus, `Logged in as ${res.data.display_name}.`);
   $('content').hidden = false;
 }
 
@@ -52,14 +53,9 @@ function changeForm(id, body, done) {
   onSubmit(form, async () => {
     say(status, 'Saving…');
     const res = await call('PATCH', '/api/account', body(form.elements));
-    if (loggedOut(res)) return;
-    if (!res.ok) {
-      say(status, res.message, 'error');
-      return;
-    }
+    if (!outcome(status, res, done)) return;
     show(res.data);
     for (const input of form.querySelectorAll('input[type=password], input[type=email]')) input.value = '';
-    say(status, done(res.data), 'ok');
   });
 }
 
@@ -84,11 +80,7 @@ $('export').addEventListener('click', async () => {
   const status = $('export-status');
   say(status, 'Preparing the download…');
   const res = await call('GET', '/api/account/export');
-  if (loggedOut(res)) return;
-  if (!res.ok) {
-    say(status, res.message, 'error');
-    return;
-  }
+  if (!outcome(status, res, 'Downloading…')) return;
   const url = URL.createObjectURL(new Blob([res.text], { type: 'application/json' }));
   const a = document.createElement('a');
   a.href = url;
@@ -100,15 +92,8 @@ $('export').addEventListener('click', async () => {
   say(status, `Downloaded ${a.download}.`, 'ok');
 });
 
-async function logOut(method, path, status) {
-  const res = await call(method, path);
-  if (loggedOut(res)) return;
-  if (!res.ok) {
-    say($('sessions-status'), res.message, 'error');
-    return;
-  }
-  say($('sessions-status'), status(res.data), 'ok');
-  location.assign('/');
+async function logOut(method, path, done) {
+  if (outcome($('sessions-status'), await call(method, path), done)) location.assign('/');
 }
 $('logout').addEventListener('click', () => logOut('DELETE', '/api/session', () => 'Logged out.'));
 $('logout-everywhere').addEventListener('click', () =>
@@ -119,11 +104,7 @@ onSubmit($('close-form'), async () => {
   const status = $('close-status');
   say(status, 'Closing your account…');
   const res = await call('POST', '/api/account/close');
-  if (loggedOut(res)) return;
-  if (!res.ok) {
-    say(status, res.message, 'error');
-    return;
-  }
+  if (!outcome(status, res, 'Closed.')) return;
   const { closed_at: closedAt, deletion_due_at: due, reopen_until: reopen } = res.data;
   const reopenable = new Date(reopen) > new Date(closedAt);
   $('content').hidden = true;

@@ -75,6 +75,16 @@ export function say(region, text, tone = '') {
 }
 
 /**
+ * Says how `res` (from `call`) went in `region`: `done` (a text, or a function of the
+ * answer's data) when it worked, the refusal otherwise. Answers whether it worked.
+ */
+export function tell(region, res, done) {
+  if (res.ok) say(region, typeof done === 'function' ? done(res.data) : done, 'ok');
+  else say(region, res.message, 'error');
+  return res.ok;
+}
+
+/**
  * Runs `action(form)` when `form` is submitted, with its buttons disabled meanwhile.
  * The browser's own checks (required, type=email, minlength) run first.
  */
@@ -107,4 +117,11 @@ export function when(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
   return d.toLocaleString(undefined, { dateStyle: 'long', timeStyle: 'short' });
+}
+
+/** A form that POSTs `body(form.elements)` to `path` and tells how it went in `region`. */
+export function postForm(form, region, path, body, done) {
+  onSubmit(form, async () => {
+    tell(region, await call('POST', path, body(form.elements)), done);
+  });
 }

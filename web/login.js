@@ -1,7 +1,7 @@
 // Log-in (the answer sets the HttpOnly session cookie; the page never sees it), a
 // password-reset request, and the ways out of a refused log-in: resending the
 // confirmation link, or reopening a recently closed account.
-import { call, onSubmit, say } from './api.js';
+import { call, onSubmit, postForm, say, tell } from './api.js';
 
 const form = document.getElementById('login-form');
 const status = document.getElementById('login-status');
@@ -20,41 +20,34 @@ onSubmit(form, async () => {
   reopenForm.hidden = true;
   say(status, 'Logging in…');
   const res = await call('POST', '/api/session', credentials());
-  if (res.ok) {
-    say(status, 'Logged in.', 'ok');
+  if (tell(status, res, 'Logged in.')) {
     location.assign('/account');
     return;
   }
-  say(status, res.message, 'error');
   if (res.error === 'email_not_verified') resendForm.hidden = false;
   if (res.error === 'account_closed') reopenForm.hidden = false;
 });
 
-onSubmit(resendForm, async () => {
-  const res = await call('POST', '/api/accounts/verify/resend', { email: form.elements.email.value });
-  if (res.ok) say(status, 'A new confirmation link is on its way; open it, then log in.', 'ok');
-  else say(status, res.message, 'error');
-});
+postForm(
+  resendForm,
+  status,
+  '/api/accounts/verify/resend',
+  () => ({ email: form.elements.email.value }),
+  'A new confirmation link is on its way; open it, then log in.',
+);
 
 onSubmit(reopenForm, async () => {
   const res = await call('POST', '/api/account/reopen', {
     ...credentials(),
     accept_policy: reopenForm.elements.accept_policy.checked,
   });
-  if (!res.ok) {
-    say(status, res.message, 'error');
-    return;
-  }
-  reopenForm.hidden = true;
-  say(status, 'Your account is open again. Log in to continue.', 'ok');
+  if (tell(status, res, 'Your account is open again. Log in to continue.')) reopenForm.hidden = true;
 });
 
-const forgotStatus = document.getElementById('forgot-status');
-onSubmit(document.getElementById('forgot-form'), async (f) => {
-  const res = await call('POST', '/api/accounts/password-reset', { email: f.elements.email.value });
-  if (res.ok) {
-    say(forgotStatus, 'If an account uses that address, a link to choose a new password is on its way. It works for one hour.', 'ok');
-  } else {
-    say(forgotStatus, res.message, 'error');
-  }
-});
+postForm(
+  document.getElementById('forgot-form'),
+  document.getElementById('forgot-status'),
+  '/api/accounts/password-reset',
+  (f) => ({ email: f.email.value }),
+  'If an account uses that address, a link to choose a new password is on its way. It works for one hour.',
+);

@@ -1,6 +1,6 @@
 // Follows a password-reset link (`/reset#<token>`): the token leaves the address bar at
 // once and goes only to the reset API, with the new password.
-import { call, onSubmit, say, takeFragmentToken } from './api.js';
+import { call, onSubmit, say, takeFragmentToken, tell } from './api.js';
 
 const form = document.getElementById('reset-form');
 const status = document.getElementById('reset-status');
@@ -19,12 +19,8 @@ onSubmit(form, async () => {
   }
   say(status, 'Saving…');
   const res = await call('POST', '/api/accounts/password-reset/confirm', { token, password: password.value });
-  if (!res.ok) {
-    say(status, res.message, 'error');
-    return;
-  }
+  if (!tell(status, res, 'Your password is changed and every device was logged out.')) return;
   form.reset();
   form.hidden = true;
-  say(status, 'Your password is changed and every device was logged out.', 'ok');
   document.getElementById('done').hidden = false;
 });

@@ -1,6 +1,6 @@
 // Follows an e-mail confirmation link (`/verify#<token>`, for sign-up or an e-mail
 // change): the token leaves the address bar at once and goes only to the verify API.
-import { call, onSubmit, say, takeFragmentToken } from './api.js';
+import { call, onSubmit, postForm, say, takeFragmentToken, tell } from './api.js';
 
 const status = document.getElementById('verify-status');
 const retryForm = document.getElementById('retry-form');
@@ -11,12 +11,10 @@ async function verify() {
   retryForm.hidden = true;
   say(status, 'Confirming…');
   const res = await call('POST', '/api/accounts/verify', { token });
-  if (res.ok) {
-    say(status, 'Your e-mail address is confirmed. You can log in now.', 'ok');
+  if (tell(status, res, 'Your e-mail address is confirmed. You can log in now.')) {
     document.getElementById('verified').hidden = false;
     return;
   }
-  say(status, res.message, 'error');
   // Worth another go when the refusal was about timing or the network, not the link.
   if (res.status === 0 || res.status === 429 || res.status >= 500) retryForm.hidden = false;
   else resend.hidden = false;
@@ -31,9 +29,10 @@ if (token) {
 
 onSubmit(retryForm, verify);
 
-const resendStatus = document.getElementById('resend-status');
-onSubmit(document.getElementById('resend-form'), async (f) => {
-  const res = await call('POST', '/api/accounts/verify/resend', { email: f.elements.email.value });
-  if (res.ok) say(resendStatus, 'If that address has an unconfirmed account, a new link is on its way.', 'ok');
-  else say(resendStatus, res.message, 'error');
-});
+postForm(
+  document.getElementById('resend-form'),
+  document.getElementById('resend-status'),
+  '/api/accounts/verify/resend',
+  (f) => ({ email: f.email.value }),
+  'If that address has an unconfirmed account, a new link is on its way.',
+);

@@ -237,10 +237,16 @@ mod tests {
             ] {
                 assert!(!code.contains(forbidden), "{name} uses {forbidden}");
             }
-            // Every request goes to a same-origin path of the API.
-            for call in body.split("call('").skip(1) {
-                let path = call.split('\'').nth(2).unwrap_or("");
-                assert!(path.starts_with("/api/"), "{name} calls {path:?}");
+            // Every path named goes to this origin's API or one of its pages, none with
+            // a query or fragment.
+            for literal in code.split("'/").skip(1) {
+                let path = format!("/{}", literal.split('\'').next().unwrap_or(""));
+                let page = PAGES.iter().any(|(p, _)| *p == path);
+                let api = path.starts_with("/api/")
+                    && path
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/-".contains(&b));
+                assert!(page || api, "{name} names {path:?}");
             }
         }
         // The fragment is read once and removed from the address bar.
