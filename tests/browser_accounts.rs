@@ -2,7 +2,8 @@
 //! loopback-only network namespace (see `common/browser.rs`). A new person signs up
 //! through the form, confirms the address with the mailed `/verify#…` link, logs in with
 //! the keyboard alone, corrects the display name, downloads the export, withdraws the
-//! survey opt-in, starts a meeting from the landing page, resets a forgotten password
+//! survey opt-in, changes the e-mail address through the link mailed to the new one,
+//! starts a meeting from the landing page, resets a forgotten password
 //! through the mailed `/reset#…` link, closes the account and is refused at log-in. The
 //! script also checks the one cookie (HttpOnly, SameSite=Lax), that every request stays on
 //! Veil's origin, that tokens leave the address bar, that every control has an accessible

@@ -1,7 +1,7 @@
 // Veil's account pages in real headless Chromium (playwright-core), tried the way a new
 // person would: sign up through the form, open the confirmation link from the mail,
 // log in with the keyboard alone, correct the display name, download the export, turn
-// the survey opt-in off, start a meeting from the landing page, forget the password and
+// the survey opt-in off, change the e-mail address, start a meeting from the landing page, forget the password and
 // set a new one through the mailed link, close the account — and then be refused.
 //
 // Along the way it checks that the only cookie is the session cookie (HttpOnly,
@@ -116,7 +116,8 @@ async function run(veil, browser) {
   page.on('pageerror', (e) => problems.push(e.message));
   page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()} ${m.location()?.url ?? ''}`));
 
-  const email = `grace-${randomBytes(4).toString('hex')}@example.com`;
+  const tag = randomBytes(4).toString('hex');
+  let email = `grace-${tag}@example.com`;
   const firstPassword = 'a long enough passphrase to start with';
   const newPassword = 'another passphrase chosen after forgetting';
 
@@ -222,7 +223,26 @@ async function run(veil, browser) {
   assert((await page.locator('#show-survey').textContent()) === 'no', 'and is shown as off');
   ok('the survey opt-in is turned off and stays off');
 
-  // 9. Logged in, the landing page has the account link; it starts a meeting.
+  // 9. A new e-mail address takes effect when the link mailed to it is opened.
+  const newEmail = `hopper-${tag}@example.com`;
+  await page.getByLabel('New e-mail address').fill(newEmail);
+  await page.getByLabel('Current password, to change the e-mail address').fill(firstPassword);
+  await page.getByRole('button', { name: 'Change e-mail address' }).click();
+  await says('email-status', new RegExp(`We sent a link to ${newEmail}`));
+  assert((await page.locator('#show-pending').textContent()).includes(newEmail), 'the pending change is shown');
+  assert((await page.locator('#show-email').textContent()) === email, 'the old address holds until then');
+  const changeLink = await mailedLink(veil, '-change_email.eml', newEmail);
+  await page.goto(changeLink);
+  await says('verify-status', /confirmed/i);
+  assert(new URL(page.url()).hash === '', 'the token left the address bar');
+  tokenStaysPut(changeLink, '/api/accounts/verify');
+  await page.goto(`${base}/account`);
+  await page.locator('#content').waitFor({ state: 'visible' });
+  assert((await page.locator('#show-email').textContent()) === newEmail, 'the new address is the account\'s');
+  email = newEmail;
+  ok('the e-mail address changes once the /verify#… link mailed to the new address is opened');
+
+  // 10. Logged in, the landing page has the account link; it starts a meeting.
   await page.getByRole('link', { name: 'Veil' }).click();
   await page.waitForURL(`${base}/`);
   await page.getByRole('link', { name: 'Your account' }).waitFor({ state: 'visible' });
@@ -233,7 +253,7 @@ async function run(veil, browser) {
   const meeting = new URL(page.url());
   ok(`logged in, the landing page links to the account and creates a meeting (${meeting.pathname}#…)`);
 
-  // 10. Log out; forgot the password: a reset link, a new password, the old one refused.
+  // 11. Log out; forgot the password: a reset link, a new password, the old one refused.
   await page.goto(`${base}/account`);
   await page.getByRole('button', { name: 'Log out', exact: true }).click();
   await page.waitForURL(`${base}/`);
@@ -274,7 +294,7 @@ async function run(veil, browser) {
   await says('account-status', /Logged in as Grace Hopper\./);
   ok('the old password is refused with its message; the new one logs in');
 
-  // 11. Close the account: the page says what goes and when, then log-in is refused.
+  // 12. Close the account: the page says what goes and when, then log-in is refused.
   const what = await page.locator('#close-what').textContent();
   assert(/7 working days/.test(what) && /display name/.test(what) && /reopen/.test(what), `the confirmation says what and when: ${what}`);
   await page.getByRole('button', { name: 'Close my account' }).click();
@@ -297,7 +317,7 @@ async function run(veil, browser) {
   await says('login-status', /can no longer be reopened/);
   ok('log-in is refused with "This account is closed."; without a grace period reopening is refused too');
 
-  // 12. Too many log-ins for one address: the 429's Retry-After is said.
+  // 13. Too many log-ins for one address: the 429's Retry-After is said.
   let limited = '';
   for (let attempt = 0; attempt < 5 && !limited; attempt += 1) {
     await logInWithMouse(email, newPassword);
