@@ -1,6 +1,20 @@
 // Landing page: create a meeting (the server makes the room id, this browser makes the
-// secret) or open an invite link. The secret goes only into the URL fragment.
+// secret) or open an invite link. The secret goes only into the URL fragment. Shows
+// log-in and sign-up links, or the account link, by whether a session is open.
 import { generateSecret } from './keys.js';
+import { call } from './api.js';
+
+// Logged in (the HttpOnly session cookie, which this page cannot read): the account
+// link; otherwise links to log in and sign up.
+call('GET', '/api/account').then((res) => {
+  if (res.ok && res.data) {
+    document.getElementById('who').textContent = `Logged in as ${res.data.display_name}`;
+    document.getElementById('signed-in').hidden = false;
+  } else {
+    document.getElementById('signed-out').hidden = false;
+    document.getElementById('create-hint').hidden = false;
+  }
+});
 
 const createButton = document.getElementById('create');
 const createStatus = document.getElementById('create-status');

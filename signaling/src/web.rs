@@ -1,7 +1,8 @@
 //! The browser client: the static files of `web/`, embedded in the binary at build time,
 //! served with strict security headers.
 //!
-//! Owns: `GET /` (landing), `GET /r/{room}` (meeting page), `GET /assets/{file}` (scripts
+//! Owns: `GET /` (landing), `GET /r/{room}` (meeting page), the account pages (`GET
+//! /signup`, `/login`, `/verify`, `/reset`, `/account`), `GET /assets/{file}` (scripts
 //! and style) and their headers: a Content-Security-Policy that allows only this origin
 //! (no inline script, no third party), no referrer, no MIME sniffing.
 //!
@@ -15,8 +16,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-const INDEX_HTML: &str = include_str!("../../web/index.html");
 const MEETING_HTML: &str = include_str!("../../web/meeting.html");
+
+/// Pages at fixed paths. Links mailed by accounts open `/verify#…` and `/reset#…`; the
+/// token stays in the fragment, which the browser never sends here.
+const PAGES: &[(&str, &str)] = &[
+    ("/", include_str!("../../web/index.html")),
+    ("/signup", include_str!("../../web/signup.html")),
+    ("/login", include_str!("../../web/login.html")),
+    ("/verify", include_str!("../../web/verify.html")),
+    ("/reset", include_str!("../../web/reset.html")),
+    ("/account", include_str!("../../web/account.html")),
+];
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -25,6 +36,12 @@ const CSS: &str = "text/css; charset=utf-8";
 /// Files under `/assets/`, by name: content type and bytes.
 const ASSETS: &[(&str, &str, &str)] = &[
     ("index.js", JS, include_str!("../../web/index.js")),
+    ("api.js", JS, include_str!("../../web/api.js")),
+    ("signup.js", JS, include_str!("../../web/signup.js")),
+    ("login.js", JS, include_str!("../../web/login.js")),
+    ("verify.js", JS, include_str!("../../web/verify.js")),
+    ("reset.js", JS, include_str!("../../web/reset.js")),
+    ("account.js", JS, include_str!("../../web/account.js")),
     ("meeting.js", JS, include_str!("../../web/meeting.js")),
     ("sframe.js", JS, include_str!("../../web/sframe.js")),
     ("keys.js", JS, include_str!("../../web/keys.js")),
@@ -94,10 +111,6 @@ fn respond(headers: &HeaderMap, content_type: &'static str, body: &'static str) 
     response
 }
 
-async fn index(headers: HeaderMap) -> Response {
-    respond(&headers, HTML, INDEX_HTML)
-}
-
 async fn meeting(headers: HeaderMap, Path(_room): Path<String>) -> Response {
     // The room id is read by the page from its own URL; nothing here depends on it.
     respond(&headers, HTML, MEETING_HTML)
@@ -117,10 +130,16 @@ async fn assets(headers: HeaderMap, Path(file): Path<String>) -> Response {
 
 /// The web client's routes; merge into signaling's router.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
+    let mut router = Router::new()
         .route("/r/{room}", get(meeting))
-        .route("/assets/{file}", get(assets))
+        .route("/assets/{file}", get(assets));
+    for &(path, body) in PAGES {
+        router = router.route(
+            path,
+            get(move |headers: HeaderMap| async move { respond(&headers, HTML, body) }),
+        );
+    }
+    router
 }
 
 #[cfg(test)]
@@ -142,12 +161,101 @@ mod tests {
         for (_, _, body) in ASSETS {
             assert!(!body.contains("http://") && !body.contains("https://"));
         }
-        for page in [INDEX_HTML, MEETING_HTML] {
+        let pages = PAGES.iter().map(|(_, body)| *body);
+        for page in pages.chain([MEETING_HTML]) {
             assert!(!page.contains("http://") && !page.contains("https://"));
-            // No inline script: every <script> has a src.
-            for tag in page.split("<script").skip(1) {
-                assert!(tag.split('>').next().unwrap().contains("src=\"/assets/"));
+            // No inline script: every <script> has a src, and the page has one.
+            let scripts: Vec<&str> = page.split("<script").skip(1).collect();
+            assert_eq!(scripts.len(), 1);
+            for tag in scripts {
+                let (open, rest) = tag.split_once('>').unwrap();
+                assert!(open.contains("src=\"/assets/"));
+                assert!(rest.starts_with("</script>"));
             }
+            // No inline handlers or styles either (the CSP would block them).
+            for tag in page.split('<').filter_map(|t| t.split('>').next()) {
+                let handler = tag.split(" on").skip(1).any(|rest| {
+                    let attr = rest.split('=').next().unwrap_or("");
+                    !attr.is_empty() && attr.bytes().all(|b| b.is_ascii_lowercase())
+                });
+                assert!(!handler, "inline event handler in <{tag}>");
+                assert!(!tag.contains(" style=") && !tag.contains("javascript:"));
+            }
+        }
+    }
+
+    #[test]
+    fn every_page_script_and_import_is_an_asset() {
+        for (_, body) in PAGES {
+            for tag in body.split("<script").skip(1) {
+                let src = tag.split("src=\"/assets/").nth(1).unwrap();
+                let name = src.split('"').next().unwrap();
+                assert!(asset(name).is_some(), "{name} is not embedded");
+            }
+        }
+        for (name, content_type, body) in ASSETS {
+            if *content_type != JS {
+                continue;
+            }
+            for line in body.lines().filter(|l| l.starts_with("import ")) {
+                let module = line.split("from './").nth(1).unwrap();
+                let module = module.split('\'').next().unwrap();
+                assert!(
+                    asset(module).is_some(),
+                    "{name} imports {module}, not embedded"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn account_pages_keep_tokens_out_of_storage_and_urls() {
+        let scripts = [
+            "api.js",
+            "signup.js",
+            "login.js",
+            "verify.js",
+            "reset.js",
+            "account.js",
+        ];
+        for name in scripts {
+            let (_, body) = asset(name).unwrap();
+            // The code, without comments (which may say what it never does).
+            let code: String = body
+                .lines()
+                .filter(|l| {
+                    !["//", "/*", "*"]
+                        .iter()
+                        .any(|c| l.trim_start().starts_with(c))
+                })
+                .collect();
+            for forbidden in [
+                "localStorage",
+                "sessionStorage",
+                "document.cookie",
+                "indexedDB",
+            ] {
+                assert!(!code.contains(forbidden), "{name} uses {forbidden}");
+            }
+            // Every path named goes to this origin's API or one of its pages, none with
+            // a query or fragment.
+            for literal in code.split("'/").skip(1) {
+                let path = format!("/{}", literal.split('\'').next().unwrap_or(""));
+                let page = PAGES.iter().any(|(p, _)| *p == path);
+                let api = path.starts_with("/api/")
+                    && path
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/-".contains(&b));
+                assert!(page || api, "{name} names {path:?}");
+            }
+        }
+        // The fragment is read once and removed from the address bar.
+        let (_, api) = asset("api.js").unwrap();
+        assert!(
+            api.contains("history.replaceState(null, '', location.pathname + location.search)")
+        );
+        for name in ["verify.js", "reset.js"] {
+            assert!(asset(name).unwrap().1.contains("takeFragmentToken()"));
         }
     }
 
@@ -191,6 +299,24 @@ mod tests {
         assert!(index.contains("content-security-policy: default-src 'self';"));
         assert!(index.contains("referrer-policy: no-referrer"));
         assert!(index.contains("x-content-type-options: nosniff"));
+
+        for (path, page) in PAGES {
+            let served = get_raw(addr, path).await;
+            assert!(served.starts_with("http/1.1 200"), "{path}");
+            assert!(served.contains("content-type: text/html; charset=utf-8"));
+            assert!(served.contains("content-security-policy: default-src 'self';"));
+            assert!(served.contains("script-src 'self';"));
+            assert!(served.contains("referrer-policy: no-referrer"));
+            assert!(served.contains("x-frame-options: deny"));
+            assert!(served.contains("cache-control: no-cache"));
+            assert!(!served.contains("set-cookie"));
+            assert!(served.ends_with(&page.to_ascii_lowercase()));
+        }
+        for script in ["api.js", "account.js", "verify.js"] {
+            let js = get_raw(addr, &format!("/assets/{script}")).await;
+            assert!(js.contains("content-type: text/javascript; charset=utf-8"));
+        }
+        assert!(get_raw(addr, "/accounts").await.starts_with("http/1.1 404"));
 
         let meeting = get_raw(addr, "/r/abc123").await;
         assert!(meeting.starts_with("http/1.1 200"));

@@ -21,112 +21,14 @@
 // Printed, never asserted: join-to-first-decoded-frame times (with ICE and DTLS steps)
 // and which Encoded Transform API Chromium used.
 
-import { chromium } from 'playwright-core';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import dgram from 'node:dgram';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
+import { assert, checkCount, fmt, log, mailedLink, ok, runScript, serveWebDir, sleep, waitFor } from './lib.mjs';
 
-const VEIL_BIN = process.env.VEIL_BIN;
-const CHROMIUM = process.env.VEIL_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.VEIL_E2E_SCREENSHOT || '';
 // The whole run; each wait below has its own, shorter limit.
 const DEADLINE_MS = 170_000;
 
-// The flags from docs (FIELD-NOTES "Browser"): fake camera, microphone and screen, no
-// permission prompts, nothing from the network but what the pages ask for. Playwright
-// gives every launch a fresh temporary profile (its own --user-data-dir) and every
-// participant below gets a separate browser context (own storage, cookies, permissions).
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  // Without it, in a loopback-only namespace, Chromium gathers no ICE candidates at all.
-  '--allow-loopback-in-peer-connection',
-];
-
-const log = (...a) => console.log(...a);
-let checks = 0;
-function ok(what) {
-  checks += 1;
-  log(`ok ${checks} - ${what}`);
-}
-class CheckFailed extends Error {}
-function assert(cond, what) {
-  if (!cond) throw new CheckFailed(what);
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `fn` until it returns a truthy value; fails with `what` after `limit` ms. */
-async function waitFor(what, fn, limit = 20_000, every = 200) {
-  const end = Date.now() + limit;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new CheckFailed(`timed out after ${limit} ms: ${what} (last: ${fmt(last)})`);
-    await sleep(every);
-  }
-}
-const fmt = (v) => (v instanceof Error ? v.message : JSON.stringify(v));
-
-// --- Environment -----------------------------------------------------------------------
-
-function onlyLoopback() {
-  const names = Object.keys(os.networkInterfaces());
-  return names.every((n) => n === 'lo');
-}
-
-async function freeTcpPort() {
-  const srv = net.createServer();
-  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address();
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-async function freeUdpPort() {
-  const sock = dgram.createSocket('udp4');
-  await new Promise((r) => sock.bind(0, '127.0.0.1', r));
-  const { port } = sock.address();
-  await new Promise((r) => sock.close(r));
-  return port;
-}
-
-/** Starts the all-in-one `veil` with its data (SQLite, outbox) in `dir`. */
-async function startVeil(dir) {
-  const http = await freeTcpPort();
-  const media = await freeUdpPort();
-  const out = [];
-  const child = spawn(VEIL_BIN, [], {
-    cwd: dir,
-    env: { ...process.env, VEIL_HTTP_ADDR: `127.0.0.1:${http}`, VEIL_MEDIA_ADDR: `127.0.0.1:${media}`, VEIL_LOG: 'info' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  child.stdout.on('data', (d) => out.push(d));
-  child.stderr.on('data', (d) => out.push(d));
-  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-  const base = `http://127.0.0.1:${http}`;
-  await waitFor('veil answers /healthz', async () => {
-    const state = await Promise.race([exited, sleep(0).then(() => null)]);
-    if (state) throw new Error(`veil exited early (${fmt(state)})`);
-    const res = await fetch(`${base}/healthz`);
-    return res.ok;
-  }, 30_000, 100);
-  return { base, dir, child, exited, output: () => Buffer.concat(out).toString() };
-}
 
 // --- Room creation ------------------------------------------------------------------------
 
@@ -158,12 +60,7 @@ async function hostSession(veil) {
   );
   const account = (await signup.json()).account;
   assert(signup.ok && typeof account === 'string', `sign-up: ${signup.status}`);
-  const outbox = path.join(veil.dir, 'data', 'outbox');
-  const link = await waitFor('the verification mail in the outbox', () => {
-    const file = fs.readdirSync(outbox).filter((f) => f.endsWith(`-${account}-verify.eml`)).sort().pop();
-    if (!file) return null;
-    return fs.readFileSync(path.join(outbox, file), 'utf8').split(/\s+/).find((w) => /^https?:\/\//.test(w));
-  }, 10_000);
+  const link = await mailedLink(veil, `-${account}-verify.eml`);
   const token = link.split('#')[1];
   const verified = await fetch(`${veil.base}/api/accounts/verify`, json({ token }));
   assert(verified.ok, `verify: ${verified.status}`);
@@ -302,18 +199,7 @@ class Person {
     const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
     await context.grantPermissions(['camera', 'microphone', 'clipboard-read', 'clipboard-write'], { origin: base });
     await context.addInitScript(instrument, { forceEncodedStreams, debugSdp: process.env.VEIL_E2E_DEBUG_SDP === '1' });
-    // While changing web/: serve the pages and scripts from this folder instead of the
-    // copies built into the binary (same response headers), to skip a rebuild per change.
-    if (process.env.VEIL_E2E_WEB_DIR) {
-      await context.route(/\/(assets\/[^/?#]+|r\/[^/?#]+|)$/, async (route) => {
-        const u = new URL(route.request().url());
-        const file = u.pathname === '/' ? 'index.html' : u.pathname.startsWith('/r/') ? 'meeting.html' : u.pathname.slice(8);
-        let response = await route.fetch();
-        // A file the binary does not have yet: the headers of one it has.
-        if (response.status() === 404) response = await route.fetch({ url: new URL('/assets/keys.js', u).href });
-        route.fulfill({ response, body: fs.readFileSync(path.join(process.env.VEIL_E2E_WEB_DIR, file)) });
-      });
-    }
+    await serveWebDir(context);
     context.on('request', (r) => requests.push({ who: name, url: r.url() }));
     context.on('response', async (r) => {
       const headers = await r.allHeaders().catch(() => ({}));
@@ -695,94 +581,52 @@ function dropConnections(veil) {
   return out.split('\n').filter((l) => l.trim()).length;
 }
 
+/** What every person's page shows, one after the other, for a failure report. */
+async function diagnose() {
+  const out = [];
+  for (const p of everyone) out.push(await p.diagnose().catch((e) => `${p.name}: ${e.message}`));
+  return out;
+}
+
 async function main() {
-  assert(VEIL_BIN && fs.existsSync(VEIL_BIN), 'VEIL_BIN must name the veil binary');
-  if (!onlyLoopback() && process.env.VEIL_E2E_ANY_NETWORK !== '1') {
-    throw new CheckFailed(
-      `run this inside its own network namespace (found interfaces ${Object.keys(os.networkInterfaces())}): ` +
-        "unshare -n sh -c 'ip link set lo up && node web/e2e/meeting.mjs'",
-    );
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'veil-e2e-'));
-  const started = Date.now();
-  let veil = null;
-  let browser = null;
-  let failed = null;
-  const deadline = setTimeout(() => {
-    failed ??= new CheckFailed(`the browser tests took longer than ${DEADLINE_MS} ms`);
-    cleanup().finally(() => report());
-  }, DEADLINE_MS);
-  const diagnosis = [];
-  async function cleanup() {
-    if (failed) for (const p of everyone) diagnosis.push(await p.diagnose().catch((e) => `${p.name}: ${e.message}`));
-    if (browser) await browser.close().catch(() => {});
-    browser = null;
-    if (veil && veil.child.exitCode === null) {
-      veil.child.kill('SIGTERM');
-      await Promise.race([veil.exited, sleep(5000)]);
-      if (veil.child.exitCode === null) veil.child.kill('SIGKILL');
-    }
-  }
-  function report() {
-    if (failed) {
-      console.error(`\nnot ok - ${failed.message}`);
-      if (!(failed instanceof CheckFailed)) console.error(failed.stack);
-      console.error('\n--- page console (last 80 lines) ---\n' + consoleLines.slice(-80).join('\n'));
-      console.error('\n--- pages ---\n' + diagnosis.join('\n'));
-      console.error('\n--- veil log (last 60 lines) ---\n' + (veil?.output() ?? '').split('\n').slice(-60).join('\n'));
-      process.exit(1);
-    }
-    fs.rmSync(dir, { recursive: true, force: true });
-    process.exit(0);
-  }
-  try {
-    veil = await startVeil(dir);
-    ok(`veil started (${veil.base})`);
-    // Pages fulfilled by a route (VEIL_E2E_WEB_DIR) have no address, so Chromium counts
-    // them as public and its Local Network Access checks would block their loopback
-    // WebSocket; pages served by Veil itself never need this.
-    const devArgs = process.env.VEIL_E2E_WEB_DIR ? ['--disable-features=LocalNetworkAccessChecks'] : [];
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...devArgs] });
-    ok(`Chromium ${browser.version()} started`);
-    const { result, people } = await run(veil, browser);
+  await runScript(
+    { script: 'meeting.mjs', deadlineMs: DEADLINE_MS, consoleLines, diagnose },
+    async (veil, browser, started) => {
+      const { result, people } = await run(veil, browser);
 
-    // 4. Only Veil's origin, no cookies.
-    const origin = new URL(veil.base);
-    const foreign = requests.filter(({ url }) => {
-      const u = new URL(url);
-      return u.host !== origin.host || !['http:', 'ws:'].includes(u.protocol);
-    });
-    assert(requests.length > 20, `requests were recorded (${requests.length})`);
-    assert(foreign.length === 0, `requests to other origins: ${fmt(foreign)}`);
-    assert(requests.some((r) => r.url.startsWith(`ws://${origin.host}/ws`)), 'the WebSocket was recorded');
-    assert(requests.some((r) => r.url.endsWith('/assets/sframe.js')), 'the worker\'s import was recorded');
-    ok(`every one of ${requests.length} requests (pages, scripts, worker, API, WebSocket) went to ${origin.host}`);
-    assert(setCookies.length === 0, `responses set cookies: ${fmt(setCookies)}`);
-    for (const p of people) {
-      const jar = await p.context.cookies();
-      assert(jar.length === 0, `${p.name} has cookies: ${fmt(jar)}`);
-      if (!p.page.isClosed()) assert((await p.page.evaluate(() => document.cookie)) === '', `${p.name}: document.cookie`);
-    }
-    ok('no page set or received a cookie');
-    assert(problems.length === 0, `uncaught errors in pages: ${fmt(problems)}`);
-    ok('no uncaught error in any page');
+      // 4. Only Veil's origin, no cookies.
+      const origin = new URL(veil.base);
+      const foreign = requests.filter(({ url }) => {
+        const u = new URL(url);
+        return u.host !== origin.host || !['http:', 'ws:'].includes(u.protocol);
+      });
+      assert(requests.length > 20, `requests were recorded (${requests.length})`);
+      assert(foreign.length === 0, `requests to other origins: ${fmt(foreign)}`);
+      assert(requests.some((r) => r.url.startsWith(`ws://${origin.host}/ws`)), 'the WebSocket was recorded');
+      assert(requests.some((r) => r.url.endsWith('/assets/sframe.js')), 'the worker\'s import was recorded');
+      ok(`every one of ${requests.length} requests (pages, scripts, worker, API, WebSocket) went to ${origin.host}`);
+      assert(setCookies.length === 0, `responses set cookies: ${fmt(setCookies)}`);
+      for (const p of people) {
+        const jar = await p.context.cookies();
+        assert(jar.length === 0, `${p.name} has cookies: ${fmt(jar)}`);
+        if (!p.page.isClosed()) assert((await p.page.evaluate(() => document.cookie)) === '', `${p.name}: document.cookie`);
+      }
+      ok('no page set or received a cookie');
+      assert(problems.length === 0, `uncaught errors in pages: ${fmt(problems)}`);
+      ok('no uncaught error in any page');
 
-    log('\nmeasured (printed, not asserted):');
-    for (const [name, t] of Object.entries(result)) {
-      const api = t.scriptTransforms > 0 ? 'RTCRtpScriptTransform' : t.encodedStreams > 0 ? 'createEncodedStreams' : 'none';
-      const firstFrame = !t.timed
-        ? 'not timed (joined an empty meeting)'
-        : `${t.firstFrame ?? 'n/a'} ms (ICE checking ${t.iceChecking ?? 'n/a'} ms, ICE connected ${t.iceConnected ?? 'n/a'} ms, DTLS up ${t.connected ?? 'n/a'} ms, first video packet ${t.firstPacket ?? 'n/a'} ms)`;
-      log(`  ${name}: join-to-first-decoded-frame ${firstFrame}; encoded transform API ${api} ` +
-        `(${t.scriptTransforms} RTCRtpScriptTransform, ${t.encodedStreams} createEncodedStreams)`);
-    }
-    log(`  whole browser run: ${((Date.now() - started) / 1000).toFixed(1)} s, ${checks} checks`);
-  } catch (e) {
-    failed ??= e;
-  }
-  clearTimeout(deadline);
-  await cleanup();
-  report();
+      log('\nmeasured (printed, not asserted):');
+      for (const [name, t] of Object.entries(result)) {
+        const api = t.scriptTransforms > 0 ? 'RTCRtpScriptTransform' : t.encodedStreams > 0 ? 'createEncodedStreams' : 'none';
+        const firstFrame = !t.timed
+          ? 'not timed (joined an empty meeting)'
+          : `${t.firstFrame ?? 'n/a'} ms (ICE checking ${t.iceChecking ?? 'n/a'} ms, ICE connected ${t.iceConnected ?? 'n/a'} ms, DTLS up ${t.connected ?? 'n/a'} ms, first video packet ${t.firstPacket ?? 'n/a'} ms)`;
+        log(`  ${name}: join-to-first-decoded-frame ${firstFrame}; encoded transform API ${api} ` +
+          `(${t.scriptTransforms} RTCRtpScriptTransform, ${t.encodedStreams} createEncodedStreams)`);
+      }
+      log(`  whole browser run: ${((Date.now() - started) / 1000).toFixed(1)} s, ${checkCount()} checks`);
+    },
+  );
 }
 
 main();
