@@ -102,14 +102,17 @@ pub fn packetize(frame: &Frame, counter: &mut u64) -> Vec<Vec<u8>> {
 
 /// One Opus-shaped audio payload: the body alone (Opus keeps nothing in the clear).
 pub fn audio_payload(counter: u64, sender: [u8; 8], sent_micros: u64) -> Vec<u8> {
-    let body = Body {
+    crate::payload::build_body(&audio_body(counter, sender, sent_micros), AUDIO_PAYLOAD)
+}
+
+fn audio_body(counter: u64, sender: [u8; 8], sent_micros: u64) -> Body {
+    Body {
         kind: Kind::Audio,
         layer: None,
         counter,
         sender,
         sent_micros,
-    };
-    crate::payload::build_body(&body, AUDIO_PAYLOAD)
+    }
 }
 
 /// A whole VP8-shaped frame as an end-to-end encrypting sender hands it to SFrame: the
@@ -152,14 +155,11 @@ pub const OPUS_TOC: u8 = 0x78;
 /// so a receiver that decrypts it finds a well-formed Opus packet (RFC 6716 §3.4).
 pub fn opus_frame(counter: u64, sender: [u8; 8], sent_micros: u64) -> Vec<u8> {
     let mut out = vec![OPUS_TOC];
-    let body = Body {
-        kind: Kind::Audio,
-        layer: None,
-        counter,
-        sender,
-        sent_micros,
-    };
-    write_body(&mut out, &body, AUDIO_PAYLOAD - 1);
+    write_body(
+        &mut out,
+        &audio_body(counter, sender, sent_micros),
+        AUDIO_PAYLOAD - 1,
+    );
     out
 }
 
