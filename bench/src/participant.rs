@@ -102,8 +102,8 @@ pub struct ParticipantConfig {
     /// exchange, encrypts what it sends and decrypts what it receives; with a wrong one
     /// it still joins and receives, but nobody verifies it and it decrypts nothing.
     pub e2ee_secret: Option<String>,
-    /// Keep every received RTP payload and reassembled frame and every message sent on
-    /// the WebSocket ([`Participant::take_captured`]), for tests that search them.
+    /// Keep every received RTP payload and reassembled frame and everything sent to the
+    /// server ([`Participant::take_captured`]), for tests that search them.
     pub capture: bool,
 }
 
@@ -262,7 +262,8 @@ pub struct Captured {
     /// Every RTP payload received, as the SFU forwarded it.
     pub payloads: Vec<Bytes>,
     pub frames: Vec<CapturedFrame>,
-    /// Every message sent on the WebSocket, as sent.
+    /// Everything sent to the server, as sent: the join request's body (when joined
+    /// with [`Participant::join`]), then every WebSocket message.
     pub sent_messages: Vec<String>,
     /// Bytes held in `payloads` and `frames`.
     bytes: usize,
@@ -410,6 +411,15 @@ struct JoinBody<'a> {
     host_key: Option<&'a str>,
 }
 
+impl<'a> JoinBody<'a> {
+    fn of(config: &'a ParticipantConfig) -> Self {
+        JoinBody {
+            display_name: &config.display_name,
+            host_key: config.host_key.as_deref(),
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct JoinReply {
     participant: String,
@@ -428,10 +438,7 @@ pub async fn request_grant(
     config: &ParticipantConfig,
 ) -> Result<(String, String, String), ParticipantError> {
     let url = format!("{}/api/rooms/{}/join", config.server, config.room);
-    let mut request = reqwest::Client::new().post(url).json(&JoinBody {
-        display_name: &config.display_name,
-        host_key: config.host_key.as_deref(),
-    });
+    let mut request = reqwest::Client::new().post(url).json(&JoinBody::of(config));
     if let Some(cookie) = &config.session_cookie {
         request = request.header("cookie", cookie);
     }
@@ -727,7 +734,19 @@ impl Participant {
     /// Asks for a grant, joins, publishes what `config` says and starts receiving.
     pub async fn join(config: ParticipantConfig) -> Result<Participant, ParticipantError> {
         let (_, grant, ws_path) = request_grant(&config).await?;
-        Self::join_with_grant(config, &grant, &ws_path).await
+        let body = config
+            .capture
+            .then(|| serde_json::to_string(&JoinBody::of(&config)).unwrap_or_default());
+        let joined = Self::join_with_grant(config, &grant, &ws_path).await?;
+        if let Some(body) = body {
+            joined
+                .shared
+                .record()
+                .captured
+                .sent_messages
+                .insert(0, body);
+        }
+        Ok(joined)
     }
 
     /// Joins with a grant obtained elsewhere.
