@@ -69,7 +69,7 @@ node_flags=()
 web_log=$(mktemp)
 node "${node_flags[@]}" --test web/test/ 2>&1 | tee "$web_log"
 
-# --- browser tests (tests/browser.rs): Chromium and playwright-core --------------------
+# --- browser tests (tests/browser.rs, tests/browser_e2ee.rs): Chromium and playwright-core
 step "browser tests' tools"
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing: chromium"
