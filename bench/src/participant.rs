@@ -1242,6 +1242,9 @@ impl Negotiator {
                     .into_iter()
                     .map(|p| (p.participant.clone(), p))
                     .collect();
+                // Same keys, new media session: announce again, as the browser does on
+                // every `joined`.
+                self.announce(ws).await?;
                 self.maybe_offer(ws).await?;
             }
             ServerMessage::Offer { sdp } => {
