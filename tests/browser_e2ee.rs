@@ -25,9 +25,7 @@ use std::time::Duration;
 use common::browser;
 use serde_json::{Value, json};
 use veil_bench::e2ee::HeldKey;
-use veil_bench::participant::{
-    CapturedFrame, FrameStats, Participant, ParticipantConfig, VideoConfig,
-};
+use veil_bench::participant::{CapturedFrame, FrameStats, Participant, ParticipantConfig};
 use veil_bench::payload::payload_hash;
 use veil_bench::sframe::KeyRing;
 
@@ -118,13 +116,7 @@ fn config(server: &str, room: &str, name: &str, secret: &str) -> ParticipantConf
     let mut c = ParticipantConfig::new(server, room, name);
     c.e2ee_secret = Some(secret.to_string());
     c.capture = true;
-    // A small camera: the browsers only need to decrypt it.
-    c.video = Some(VideoConfig {
-        fps: 15,
-        bitrate_bps: 150_000,
-        keyframe_interval: Duration::from_secs(2),
-        simulcast: false,
-    });
+    c.video = Some(common::small_camera());
     c
 }
 

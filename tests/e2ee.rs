@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use veil_bench::e2ee::generate_secret;
-use veil_bench::participant::{FrameStats, Participant, ParticipantConfig, VideoConfig};
+use veil_bench::participant::{FrameStats, Participant, ParticipantConfig};
 use veil_bench::payload::Kind;
 
 fn stats(p: &Participant, from: &Participant, kind: Kind) -> FrameStats {
@@ -36,12 +34,7 @@ async fn members_decrypt_each_other_and_rotate_when_one_leaves() {
     let config = |name: &str, secret: Option<String>| {
         let mut c: ParticipantConfig = participant(&veil, &room, name);
         c.e2ee_secret = secret;
-        c.video = Some(VideoConfig {
-            fps: 15,
-            bitrate_bps: 150_000,
-            keyframe_interval: Duration::from_secs(2),
-            simulcast: false,
-        });
+        c.video = Some(small_camera());
         c
     };
     let ann = Participant::join(config("Ann", Some(secret.clone())))
