@@ -69,7 +69,8 @@ node_flags=()
 web_log=$(mktemp)
 node "${node_flags[@]}" --test web/test/ 2>&1 | tee "$web_log"
 
-# --- browser tests (tests/browser.rs, tests/browser_accounts.rs): Chromium and playwright-core --
+# --- browser tests (tests/browser.rs, tests/browser_e2ee.rs, tests/browser_accounts.rs):
+# Chromium and playwright-core
 step "browser tests' tools"
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing: chromium"

@@ -255,6 +255,20 @@ pub struct E2ee {
     media_key: [u8; MEDIA_KEY_LEN],
     kid: u64,
     encryptor: Arc<Encryptor>,
+    /// Every media key held so far, kept only for the test that proves none of them
+    /// reaches the server.
+    #[cfg(feature = "key-audit")]
+    held: Vec<HeldKey>,
+}
+
+/// A media key this participant held: its own (`owner` = itself) or a member's.
+/// Only with the `key-audit` feature, which exists for tests alone.
+#[cfg(feature = "key-audit")]
+#[derive(Clone)]
+pub struct HeldKey {
+    pub owner: String,
+    pub kid: u64,
+    pub key: [u8; MEDIA_KEY_LEN],
 }
 
 impl std::fmt::Debug for E2ee {
@@ -299,6 +313,12 @@ impl E2ee {
             media_key,
             kid: 0,
             encryptor,
+            #[cfg(feature = "key-audit")]
+            held: vec![HeldKey {
+                owner: me.to_string(),
+                kid: 0,
+                key: media_key,
+            }],
         })
     }
 
@@ -589,6 +609,14 @@ impl E2ee {
             return Err(E2eeError::BadKeyMessage);
         }
         peer.ring.insert(kid, media_key)?;
+        #[cfg(feature = "key-audit")]
+        if let Ok(key) = <[u8; MEDIA_KEY_LEN]>::try_from(&*media_key) {
+            self.held.push(HeldKey {
+                owner: from.to_string(),
+                kid,
+                key,
+            });
+        }
         Ok(())
     }
 
@@ -647,6 +675,12 @@ impl E2ee {
         self.kid += 1;
         self.media_key = media_key;
         self.encryptor = Arc::new(Encryptor::new(self.kid, &media_key)?);
+        #[cfg(feature = "key-audit")]
+        self.held.push(HeldKey {
+            owner: self.me.clone(),
+            kid: self.kid,
+            key: media_key,
+        });
         let mut to: Vec<&String> = self
             .peers
             .iter()
@@ -666,6 +700,13 @@ impl E2ee {
     ) -> Result<Vec<u8>, E2eeError> {
         let peer = self.peers.get_mut(from).ok_or(E2eeError::UnknownPeer)?;
         Ok(peer.ring.decrypt_frame(codec, frame)?)
+    }
+
+    /// Every media key held so far (own and members'), for tests that search the
+    /// server for them. Only with the `key-audit` feature.
+    #[cfg(feature = "key-audit")]
+    pub fn held_keys(&self) -> Vec<HeldKey> {
+        self.held.clone()
     }
 
     /// Encrypts an outgoing frame with the current key.

@@ -102,14 +102,65 @@ pub fn packetize(frame: &Frame, counter: &mut u64) -> Vec<Vec<u8>> {
 
 /// One Opus-shaped audio payload: the body alone (Opus keeps nothing in the clear).
 pub fn audio_payload(counter: u64, sender: [u8; 8], sent_micros: u64) -> Vec<u8> {
-    let body = Body {
+    crate::payload::build_body(&audio_body(counter, sender, sent_micros), AUDIO_PAYLOAD)
+}
+
+fn audio_body(counter: u64, sender: [u8; 8], sent_micros: u64) -> Body {
+    Body {
         kind: Kind::Audio,
         layer: None,
         counter,
         sender,
         sent_micros,
+    }
+}
+
+/// A whole VP8-shaped frame as an end-to-end encrypting sender hands it to SFrame: the
+/// clear payload header, then one body filling the frame's size. SFrame encrypts frames,
+/// not packets, so the frame is built first and split by [`split_frame`] afterwards.
+pub fn vp8_frame(frame: &Frame, counter: u64) -> Vec<u8> {
+    let mut out = vp8_frame_header(frame.key, layer_dimensions(frame.layer));
+    let body = Body {
+        kind: frame.kind,
+        layer: frame.layer,
+        counter,
+        sender: frame.sender,
+        sent_micros: frame.sent_micros,
     };
-    crate::payload::build_body(&body, AUDIO_PAYLOAD)
+    let size = frame.bytes.saturating_sub(out.len());
+    write_body(&mut out, &body, size);
+    out
+}
+
+/// Splits an encoded (here: encrypted) VP8 frame into RTP payloads, each behind a payload
+/// descriptor; the first starts the partition (RFC 7741).
+pub fn split_frame(frame: &[u8], picture_id: u16) -> Vec<Vec<u8>> {
+    let room = MAX_PAYLOAD - vp8_descriptor(true, picture_id).len();
+    frame
+        .chunks(room)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut p = vp8_descriptor(i == 0, picture_id);
+            p.extend_from_slice(chunk);
+            p
+        })
+        .collect()
+}
+
+/// TOC byte of the Opus-shaped frames an encrypting sender makes: config 15 (hybrid,
+/// fullband, 20 ms), mono, code 0 (one frame), as Chromium sends.
+pub const OPUS_TOC: u8 = 0x78;
+
+/// An Opus-shaped audio frame for end-to-end encryption: a valid TOC byte, then the body,
+/// so a receiver that decrypts it finds a well-formed Opus packet (RFC 6716 §3.4).
+pub fn opus_frame(counter: u64, sender: [u8; 8], sent_micros: u64) -> Vec<u8> {
+    let mut out = vec![OPUS_TOC];
+    write_body(
+        &mut out,
+        &audio_body(counter, sender, sent_micros),
+        AUDIO_PAYLOAD - 1,
+    );
+    out
 }
 
 #[cfg(test)]
@@ -179,6 +230,28 @@ mod tests {
             (body.kind, body.counter, body.sent_micros),
             (Kind::Audio, 7, 9)
         );
+    }
+
+    #[test]
+    fn whole_frames_split_into_packets_that_reassemble() {
+        use crate::depacketize::{Vp8Assembler, opus_packet, vp8_key_frame_header};
+        let plain = vp8_frame(&frame(true, 3000), 4);
+        assert_eq!(plain.len(), 3000);
+        assert_eq!(vp8_key_frame_header(&plain), Ok((640, 360)));
+        let packets = split_frame(&plain, 9);
+        assert!(packets.len() == 3 && packets.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        assert!(vp8_is_keyframe(&packets[0]));
+        let mut assembler = Vp8Assembler::new();
+        let last = packets.len() - 1;
+        let rebuilt: Vec<Vec<u8>> = packets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| assembler.push(i as u16, 7, i == last, p))
+            .collect();
+        assert_eq!(rebuilt, vec![plain]);
+        let audio = opus_frame(1, [2; 8], 3);
+        assert_eq!(audio.len(), AUDIO_PAYLOAD);
+        assert_eq!(opus_packet(&audio).map(|p| p.frames), Ok(1));
     }
 
     #[test]

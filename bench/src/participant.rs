@@ -4,6 +4,12 @@
 //! negotiation. It publishes synthetic audio and VP8-shaped video (optionally three
 //! simulcast layers) and records everything it receives, so tests and the load
 //! generator can check what the SFU forwarded.
+//!
+//! Given the room secret ([`ParticipantConfig::e2ee_secret`]) it is a full end-to-end
+//! encryption member, as a browser is (`web/meeting.js`): it runs the key exchange of
+//! `e2ee.rs` over the WebSocket, encrypts every frame it sends with SFrame, and
+//! reassembles (`depacketize.rs`) and decrypts every frame it receives, counting per
+//! publisher what decrypted and whether the result is valid VP8 or Opus.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,11 +45,14 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::depacketize::{Vp8Assembler, opus_packet, vp8_is_key_frame, vp8_key_frame_header};
+use crate::e2ee::{E2ee, E2eeError};
 use crate::media::{
     AUDIO_CLOCK, AUDIO_PACKETS_PER_SECOND, Frame, VIDEO_CLOCK, audio_payload, layer_bitrate,
-    packetize,
+    opus_frame, packetize, split_frame, vp8_frame,
 };
 use crate::payload::{Kind, now_micros, parse_body, participant_hash, payload_hash};
+use crate::sframe::{Codec, Encryptor, Header as SframeHeader, clear_prefix_len};
 
 const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
@@ -89,6 +98,13 @@ pub struct ParticipantConfig {
     /// A session cookie (`name=value`) to join as a logged-in account, whose usage
     /// record then holds this session.
     pub session_cookie: Option<String>,
+    /// The room secret (the link's fragment). With it the participant joins the key
+    /// exchange, encrypts what it sends and decrypts what it receives; with a wrong one
+    /// it still joins and receives, but nobody verifies it and it decrypts nothing.
+    pub e2ee_secret: Option<String>,
+    /// Keep every received RTP payload and reassembled frame and everything sent to the
+    /// server ([`Participant::take_captured`]), for tests that search them.
+    pub capture: bool,
 }
 
 impl ParticipantConfig {
@@ -104,6 +120,8 @@ impl ParticipantConfig {
             record_payloads: true,
             host_key: None,
             session_cookie: None,
+            e2ee_secret: None,
+            capture: false,
         }
     }
 }
@@ -120,6 +138,8 @@ pub enum ParticipantError {
     PeerConnection(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("end-to-end encryption: {0}")]
+    E2ee(#[from] E2eeError),
 }
 
 fn pc_err(e: impl std::fmt::Display) -> ParticipantError {
@@ -202,6 +222,56 @@ pub struct SentStats {
     pub keyframe_requests: u64,
 }
 
+/// What one publisher's frames of one kind (audio or video) did at this receiver.
+#[derive(Debug, Clone, Default)]
+pub struct FrameStats {
+    /// Frames reassembled from RTP (ciphertext).
+    pub frames: u64,
+    /// Frames lost to missing or malformed packets before reassembly finished.
+    pub discarded: u64,
+    pub decrypted: u64,
+    /// Frames that did not decrypt (no key yet, wrong key, tampered, replayed).
+    pub failed: u64,
+    /// Frames per SFrame KID, read from the clear SFrame header (no key needed).
+    pub kids: BTreeMap<u64, u64>,
+    /// Decrypted VP8 key frames.
+    pub key_frames: u64,
+    /// Decrypted VP8 key frames with the start code `9d 01 2a` at bytes 3..6, a valid
+    /// header (`depacketize::vp8_key_frame_header`) and the clear prefix unchanged.
+    pub valid_key_frames: u64,
+    /// Width and height of the last valid key frame.
+    pub dimensions: Option<(u16, u16)>,
+    /// Decrypted Opus frames that pass RFC 6716 §3.4 (R1–R7), and those that do not.
+    pub valid_opus: u64,
+    pub invalid_opus: u64,
+}
+
+/// One reassembled (still encrypted) frame a capturing participant kept.
+#[derive(Debug, Clone)]
+pub struct CapturedFrame {
+    pub publisher: String,
+    pub codec: Codec,
+    /// The KID of its SFrame header, if the header parses.
+    pub kid: Option<u64>,
+    pub frame: Vec<u8>,
+}
+
+/// What a capturing participant ([`ParticipantConfig::capture`]) kept.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    /// Every RTP payload received, as the SFU forwarded it.
+    pub payloads: Vec<Bytes>,
+    pub frames: Vec<CapturedFrame>,
+    /// Everything sent to the server, as sent: the join request's body (when joined
+    /// with [`Participant::join`]), then every WebSocket message.
+    pub sent_messages: Vec<String>,
+    /// Bytes held in `payloads` and `frames`.
+    bytes: usize,
+}
+
+/// A capture keeps at most this much media, so a long run cannot exhaust memory.
+const MAX_CAPTURE_BYTES: usize = 256 << 20;
+
 #[derive(Default)]
 struct Record {
     tracks: HashMap<String, RemoteTrackStats>,
@@ -219,6 +289,9 @@ struct Record {
     resumes: u64,
     /// Presence as announced: `joined:<id>` / `left:<id>`, in order.
     presence_log: Vec<String>,
+    /// End-to-end encryption per (publisher, audio or video).
+    frames: BTreeMap<(String, Kind), FrameStats>,
+    captured: Captured,
 }
 
 struct Shared {
@@ -232,11 +305,30 @@ struct Shared {
     generation: std::sync::atomic::AtomicU64,
     /// The task reading each received track, by track id.
     receivers: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The key exchange and receivers' key rings, when given a secret.
+    e2ee: Mutex<Option<E2ee>>,
+    /// The key outgoing frames are encrypted with. It trails [`E2ee::encryptor`] after a
+    /// rotation by [`KEY_SWITCH_DELAY`], as in the browser, so members have the new key
+    /// before frames need it.
+    sender_key: Mutex<Option<Arc<Encryptor>>>,
+    /// Reassemble received frames (with a secret, or when capturing).
+    reassemble: bool,
+    capture: bool,
 }
+
+/// How long after sending a rotated key a sender starts using it (`web/meeting.js`).
+const KEY_SWITCH_DELAY: Duration = Duration::from_secs(1);
+/// A video receiver holding a publisher's key asks for a key frame at most this often
+/// until one decrypts, as a browser's decoder does when it has nothing to decode from.
+const KEY_FRAME_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Shared {
     fn record(&self) -> std::sync::MutexGuard<'_, Record> {
         self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn e2ee(&self) -> std::sync::MutexGuard<'_, Option<E2ee>> {
+        lock(&self.e2ee)
     }
 }
 
@@ -319,6 +411,15 @@ struct JoinBody<'a> {
     host_key: Option<&'a str>,
 }
 
+impl<'a> JoinBody<'a> {
+    fn of(config: &'a ParticipantConfig) -> Self {
+        JoinBody {
+            display_name: &config.display_name,
+            host_key: config.host_key.as_deref(),
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct JoinReply {
     participant: String,
@@ -337,10 +438,7 @@ pub async fn request_grant(
     config: &ParticipantConfig,
 ) -> Result<(String, String, String), ParticipantError> {
     let url = format!("{}/api/rooms/{}/join", config.server, config.room);
-    let mut request = reqwest::Client::new().post(url).json(&JoinBody {
-        display_name: &config.display_name,
-        host_key: config.host_key.as_deref(),
-    });
+    let mut request = reqwest::Client::new().post(url).json(&JoinBody::of(config));
     if let Some(cookie) = &config.session_cookie {
         request = request.header("cookie", cookie);
     }
@@ -636,7 +734,19 @@ impl Participant {
     /// Asks for a grant, joins, publishes what `config` says and starts receiving.
     pub async fn join(config: ParticipantConfig) -> Result<Participant, ParticipantError> {
         let (_, grant, ws_path) = request_grant(&config).await?;
-        Self::join_with_grant(config, &grant, &ws_path).await
+        let body = config
+            .capture
+            .then(|| serde_json::to_string(&JoinBody::of(&config)).unwrap_or_default());
+        let joined = Self::join_with_grant(config, &grant, &ws_path).await?;
+        if let Some(body) = body {
+            joined
+                .shared
+                .record()
+                .captured
+                .sent_messages
+                .insert(0, body);
+        }
+        Ok(joined)
     }
 
     /// Joins with a grant obtained elsewhere.
@@ -654,14 +764,35 @@ impl Participant {
             resume,
         } = open_socket(&config.server, ws_path, Some(grant)).await?;
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let e2ee = match &config.e2ee_secret {
+            Some(secret) => Some(E2ee::new(secret, &room, &id)?),
+            None => None,
+        };
+        let sender_key = e2ee.as_ref().map(E2ee::encryptor);
+        let mut captured = Captured::default();
+        if config.capture {
+            // The first message went out before there was a record to keep it in.
+            let join = ClientMessage::Join {
+                grant: Some(grant.to_string()),
+                room: None,
+            };
+            captured
+                .sent_messages
+                .push(serde_json::to_string(&join).unwrap_or_default());
+        }
         let shared = Arc::new(Shared {
             record: Mutex::new(Record {
                 peers: peers
                     .into_iter()
                     .map(|p| (p.participant.clone(), p))
                     .collect(),
+                captured,
                 ..Record::default()
             }),
+            reassemble: e2ee.is_some() || config.capture,
+            capture: config.capture,
+            e2ee: Mutex::new(e2ee),
+            sender_key: Mutex::new(sender_key),
             record_payloads: config.record_payloads,
             connected: watch::channel(false).0,
             negotiated: watch::channel(0).0,
@@ -749,6 +880,41 @@ impl Participant {
             to: to.map(str::to_string),
             blob: blob.to_string(),
         }));
+    }
+
+    /// Per (publisher, audio or video): frames reassembled, decrypted, failed, and how
+    /// many decrypted into valid VP8 key frames and Opus packets.
+    pub fn frame_stats(&self) -> BTreeMap<(String, Kind), FrameStats> {
+        self.shared.record().frames.clone()
+    }
+
+    /// The security code this participant shows, when it has a secret.
+    pub fn security_code(&self) -> Option<String> {
+        self.shared.e2ee().as_ref().map(E2ee::security_code)
+    }
+
+    /// Members whose `hello` verified, when it has a secret.
+    pub fn e2ee_members(&self) -> Vec<String> {
+        self.shared
+            .e2ee()
+            .as_ref()
+            .map(E2ee::members)
+            .unwrap_or_default()
+    }
+
+    /// Every media key held so far (own and members'). Tests only (`key-audit`).
+    #[cfg(feature = "key-audit")]
+    pub fn held_keys(&self) -> Vec<crate::e2ee::HeldKey> {
+        self.shared
+            .e2ee()
+            .as_ref()
+            .map(E2ee::held_keys)
+            .unwrap_or_default()
+    }
+
+    /// Hands over (and clears) what a capturing participant kept.
+    pub fn take_captured(&self) -> Captured {
+        std::mem::take(&mut self.shared.record().captured)
     }
 
     /// Host only: removes a participant from the meeting.
@@ -873,6 +1039,9 @@ impl Negotiator {
     async fn run(mut self, ws: WsStream, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut ws = ws;
         let mut reconnect = false;
+        if let Err(e) = self.announce(&mut ws).await {
+            self.note_error(&e);
+        }
         if let Err(e) = self.maybe_offer(&mut ws).await {
             self.note_error(&e);
         }
@@ -887,6 +1056,10 @@ impl Negotiator {
                         break;
                     }
                 };
+                // As the browser does after a resume: repairs anything lost meanwhile.
+                if let Err(e) = self.announce(&mut ws).await {
+                    self.note_error(&e);
+                }
             }
             tokio::select! {
                 msg = next_message(&mut ws) => {
@@ -904,7 +1077,7 @@ impl Negotiator {
                 }
                 cmd = commands.recv() => {
                     let result = match cmd {
-                        Some(Command::Send(msg)) => send_message(&mut ws, &msg).await,
+                        Some(Command::Send(msg)) => self.send(&mut ws, &msg).await,
                         Some(Command::LocalCandidate(init)) => {
                             if init.candidate.is_empty() {
                                 continue;
@@ -914,7 +1087,7 @@ impl Negotiator {
                                 sdp_mid: init.sdp_mid,
                                 sdp_mline_index: init.sdp_mline_index,
                             };
-                            send_message(&mut ws, &ClientMessage::Candidate { candidate }).await
+                            self.send(&mut ws, &ClientMessage::Candidate { candidate }).await
                         }
                         Some(Command::Reconnect) => {
                             reconnect = self.resume.is_some();
@@ -925,7 +1098,7 @@ impl Negotiator {
                             break;
                         }
                         Some(Command::Leave) | None => {
-                            let _ = send_message(&mut ws, &ClientMessage::Leave {}).await;
+                            let _ = self.send(&mut ws, &ClientMessage::Leave {}).await;
                             // Wait for `closed` so the server has torn the session down.
                             let wait = async {
                                 while let Ok(Some(msg)) = next_message(&mut ws).await {
@@ -978,6 +1151,49 @@ impl Negotiator {
         Err(last.unwrap_or_else(|| ParticipantError::Protocol("resume failed".into())))
     }
 
+    /// Sends a message, keeping a copy when capturing.
+    async fn send(&self, ws: &mut WsStream, msg: &ClientMessage) -> Result<(), ParticipantError> {
+        if self.shared.capture {
+            let text = serde_json::to_string(msg).unwrap_or_default();
+            self.shared.record().captured.sent_messages.push(text);
+        }
+        send_message(ws, msg).await
+    }
+
+    async fn send_blobs(
+        &self,
+        ws: &mut WsStream,
+        blobs: Vec<crate::e2ee::Outgoing>,
+    ) -> Result<(), ParticipantError> {
+        for o in blobs {
+            let msg = ClientMessage::E2ee {
+                to: o.to,
+                blob: o.blob,
+            };
+            self.send(ws, &msg).await?;
+        }
+        Ok(())
+    }
+
+    /// Announces this member's identity (`hello` to everyone), after `joined` and after
+    /// each resume, as the browser does.
+    async fn announce(&self, ws: &mut WsStream) -> Result<(), ParticipantError> {
+        let hello = self.shared.e2ee().as_ref().map(E2ee::start);
+        self.send_blobs(ws, hello.unwrap_or_default()).await
+    }
+
+    /// Starts encrypting with the rotated key a moment after sending it, so the members
+    /// have it before the first frame that needs it.
+    fn switch_key_later(&self) {
+        let shared = self.shared.clone();
+        // Not one of `tasks`: a media reset must not cancel the switch.
+        tokio::spawn(async move {
+            tokio::time::sleep(KEY_SWITCH_DELAY).await;
+            let current = shared.e2ee().as_ref().map(E2ee::encryptor);
+            *lock(&shared.sender_key) = current;
+        });
+    }
+
     fn note_error(&self, e: &ParticipantError) {
         debug!(participant = %self.shared.participant, "negotiation error: {e}");
         self.shared.record().errors.push(e.to_string());
@@ -1010,7 +1226,7 @@ impl Negotiator {
         self.needs_offer = needs_offer;
         self.pending_candidates.clear();
         self.awaiting_rejoin = true;
-        send_message(ws, &ClientMessage::Rejoin {}).await
+        self.send(ws, &ClientMessage::Rejoin {}).await
     }
 
     async fn on_server(
@@ -1026,6 +1242,9 @@ impl Negotiator {
                     .into_iter()
                     .map(|p| (p.participant.clone(), p))
                     .collect();
+                // Same keys, new media session: announce again, as the browser does on
+                // every `joined`.
+                self.announce(ws).await?;
                 self.maybe_offer(ws).await?;
             }
             ServerMessage::Offer { sdp } => {
@@ -1050,7 +1269,7 @@ impl Negotiator {
                     .await
                     .map_err(pc_err)?;
                 let sdp = self.local_sdp().await;
-                send_message(ws, &ClientMessage::Answer { sdp }).await?;
+                self.send(ws, &ClientMessage::Answer { sdp }).await?;
                 self.mark_removed_tracks().await;
                 self.flush_candidates().await;
                 self.maybe_offer(ws).await?;
@@ -1108,9 +1327,23 @@ impl Negotiator {
                 record.peers.insert(participant, peer);
             }
             ServerMessage::ParticipantLeft { participant } => {
-                let mut record = self.shared.record();
-                record.presence_log.push(format!("left:{participant}"));
-                record.peers.remove(&participant);
+                {
+                    let mut record = self.shared.record();
+                    record.presence_log.push(format!("left:{participant}"));
+                    record.peers.remove(&participant);
+                }
+                // Rotate so the departed member cannot read what follows.
+                let rotated = self
+                    .shared
+                    .e2ee()
+                    .as_mut()
+                    .map(|e| e.peer_left(&participant))
+                    .transpose()?
+                    .unwrap_or_default();
+                if !rotated.is_empty() {
+                    self.switch_key_later();
+                }
+                self.send_blobs(ws, rotated).await?;
             }
             ServerMessage::ParticipantState { participant, state } => {
                 if let Some(peer) = self.shared.record().peers.get_mut(&participant) {
@@ -1118,7 +1351,16 @@ impl Negotiator {
                 }
             }
             ServerMessage::E2ee { from, blob } => {
+                // Refused blobs (bad MAC, forged, malformed) are dropped, as in the
+                // browser; `E2ee` remembers why a member was refused.
+                let replies = self
+                    .shared
+                    .e2ee()
+                    .as_mut()
+                    .and_then(|e| e.handle(&from, &blob).ok())
+                    .unwrap_or_default();
                 self.shared.record().e2ee.push((from, blob));
+                self.send_blobs(ws, replies).await?;
             }
             _ => {}
         }
@@ -1176,7 +1418,7 @@ impl Negotiator {
         self.making_offer = true;
         self.needs_offer = false;
         let sdp = self.local_sdp().await;
-        send_message(ws, &ClientMessage::Offer { sdp }).await
+        self.send(ws, &ClientMessage::Offer { sdp }).await
     }
 }
 
@@ -1342,10 +1584,22 @@ async fn send_media(
         ticker.tick().await;
         let now = Instant::now();
         let sent_micros = now_micros();
+        // With end-to-end encryption: whole frames, encrypted, then split into packets.
+        let sender_key = lock(&shared.sender_key).clone();
         for stream in &mut streams {
             let payloads = match source.video {
                 None => {
-                    let p = audio_payload(stream.counter, sender_hash, sent_micros);
+                    let p = match &sender_key {
+                        None => audio_payload(stream.counter, sender_hash, sent_micros),
+                        Some(key) => {
+                            let frame = opus_frame(stream.counter, sender_hash, sent_micros);
+                            // Cannot fail for a non-empty frame short of 2^64 frames.
+                            match key.encrypt_frame(Codec::Opus, &frame) {
+                                Ok(p) => p,
+                                Err(_) => continue,
+                            }
+                        }
+                    };
                     stream.counter += 1;
                     vec![p]
                 }
@@ -1371,8 +1625,19 @@ async fn send_media(
                         sender: sender_hash,
                         sent_micros,
                     };
+                    let picture_id = stream.picture_id;
                     stream.picture_id = (stream.picture_id + 1) & 0x7fff;
-                    let payloads = packetize(&frame, &mut stream.counter);
+                    let payloads = match &sender_key {
+                        None => packetize(&frame, &mut stream.counter),
+                        Some(key) => {
+                            let plain = vp8_frame(&frame, stream.counter);
+                            stream.counter += 1;
+                            match key.encrypt_frame(Codec::Vp8, &plain) {
+                                Ok(sealed) => split_frame(&sealed, picture_id),
+                                Err(_) => continue,
+                            }
+                        }
+                    };
                     let mut record = shared.record();
                     let s = record.sent.entry((source.kind, stream.layer)).or_default();
                     s.frames += 1;
@@ -1426,6 +1691,7 @@ async fn send_media(
 async fn receive_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
     let id = track.track_id().await;
     let publisher = track.stream_id().await;
+    let publisher_id = publisher.clone();
     {
         let mut record = shared.record();
         let stats = record.tracks.entry(id.clone()).or_default();
@@ -1433,10 +1699,22 @@ async fn receive_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
         stats.publisher = publisher;
         stats.ended = false;
     }
+    let codec = match track.kind().await {
+        RtpCodecKind::Audio => Codec::Opus,
+        // Veil negotiates VP8 only for video (docs/e2ee.md).
+        _ => Codec::Vp8,
+    };
+    let mut receiver = FrameReceiver::new(publisher_id, codec);
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => {
                 on_packet(&shared, &id, &packet);
+                if shared.reassemble {
+                    receiver.on_packet(&shared, &packet);
+                    if let Some(pli) = receiver.key_frame_request(&shared, packet.header.ssrc) {
+                        let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+                    }
+                }
             }
             TrackRemoteEvent::OnEnded => break,
             _ => {}
@@ -1444,6 +1722,141 @@ async fn receive_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
     }
     if let Some(stats) = shared.record().tracks.get_mut(&id) {
         stats.ended = true;
+    }
+}
+
+/// One received track's frames: reassembly, decryption and the codec checks.
+struct FrameReceiver {
+    publisher: String,
+    codec: Codec,
+    vp8: Vp8Assembler,
+    /// Whether a valid key frame decrypted on this track (no more requests needed).
+    decodable: bool,
+    last_request: Option<Instant>,
+}
+
+impl FrameReceiver {
+    fn new(publisher: String, codec: Codec) -> Self {
+        FrameReceiver {
+            publisher,
+            codec,
+            vp8: Vp8Assembler::new(),
+            decodable: false,
+            last_request: None,
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self.codec {
+            Codec::Opus => Kind::Audio,
+            Codec::Vp8 => Kind::Video,
+        }
+    }
+
+    fn on_packet(&mut self, shared: &Shared, packet: &rtp::Packet) {
+        let discarded_before = self.vp8.discarded;
+        let frame = match self.codec {
+            Codec::Opus => Some(packet.payload.to_vec()),
+            Codec::Vp8 => self.vp8.push(
+                packet.header.sequence_number,
+                packet.header.timestamp,
+                packet.header.marker,
+                &packet.payload,
+            ),
+        };
+        let discarded = self.vp8.discarded - discarded_before;
+        if shared.capture {
+            let mut record = shared.record();
+            let captured = &mut record.captured;
+            if captured.bytes < MAX_CAPTURE_BYTES {
+                captured.bytes += packet.payload.len();
+                captured.payloads.push(packet.payload.clone());
+            }
+        }
+        let kid = frame.as_deref().and_then(|f| {
+            let prefix = clear_prefix_len(self.codec, f);
+            let header = f.get(prefix..)?;
+            SframeHeader::decode(header).ok().map(|(h, _)| h.kid)
+        });
+        let plain = frame.as_deref().and_then(|f| {
+            let mut e2ee = shared.e2ee();
+            e2ee.as_mut()?
+                .decrypt_frame(&self.publisher, self.codec, f)
+                .ok()
+        });
+        let mut record = shared.record();
+        let stats = record
+            .frames
+            .entry((self.publisher.clone(), self.kind()))
+            .or_default();
+        stats.discarded += discarded;
+        let Some(frame) = frame else {
+            return;
+        };
+        stats.frames += 1;
+        if let Some(kid) = kid {
+            *stats.kids.entry(kid).or_default() += 1;
+        }
+        match &plain {
+            None => stats.failed += 1,
+            Some(plain) => {
+                stats.decrypted += 1;
+                match self.codec {
+                    Codec::Opus => match opus_packet(plain) {
+                        Ok(_) => stats.valid_opus += 1,
+                        Err(_) => stats.invalid_opus += 1,
+                    },
+                    Codec::Vp8 if vp8_is_key_frame(plain) => {
+                        stats.key_frames += 1;
+                        let prefix = clear_prefix_len(Codec::Vp8, &frame);
+                        let header = vp8_key_frame_header(plain);
+                        if let Ok(dimensions) = header
+                            && plain.get(..prefix) == frame.get(..prefix)
+                        {
+                            stats.valid_key_frames += 1;
+                            stats.dimensions = Some(dimensions);
+                            self.decodable = true;
+                        }
+                    }
+                    Codec::Vp8 => {}
+                }
+            }
+        }
+        if shared.capture && record.captured.bytes < MAX_CAPTURE_BYTES {
+            record.captured.bytes += frame.len();
+            record.captured.frames.push(CapturedFrame {
+                publisher: self.publisher.clone(),
+                codec: self.codec,
+                kid,
+                frame,
+            });
+        }
+    }
+
+    /// A picture loss indication to send, if this video track holds the publisher's key
+    /// but has not decrypted a usable key frame yet (at most one per interval).
+    fn key_frame_request(&mut self, shared: &Shared, ssrc: u32) -> Option<PictureLossIndication> {
+        if self.codec != Codec::Vp8 || self.decodable {
+            return None;
+        }
+        if self
+            .last_request
+            .is_some_and(|t| t.elapsed() < KEY_FRAME_REQUEST_INTERVAL)
+        {
+            return None;
+        }
+        let has_key = shared
+            .e2ee()
+            .as_ref()
+            .is_some_and(|e| e.has_key_from(&self.publisher));
+        if !has_key {
+            return None;
+        }
+        self.last_request = Some(Instant::now());
+        Some(PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        })
     }
 }
 

@@ -34,6 +34,14 @@ pub const VP8_DELTA_HEADER_LEN: usize = 3;
 const VP8_S: u8 = 0x10;
 const VP8_PID_MASK: u8 = 0x07;
 
+/// Whether a VP8 RTP payload starts a frame (RFC 7741: descriptor S bit set and
+/// partition index 0); only that packet carries the VP8 payload header.
+pub fn vp8_starts_frame(payload: &[u8]) -> bool {
+    payload
+        .first()
+        .is_some_and(|first| first & VP8_S != 0 && first & VP8_PID_MASK == 0)
+}
+
 /// What kind of source a stream stands in for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -185,9 +193,7 @@ pub fn parse_body(payload: &[u8]) -> Option<Body> {
         return read_body(payload);
     }
     let descriptor = vp8_descriptor_len(payload)?;
-    let first = payload[0];
-    let starts_frame = first & VP8_S != 0 && first & VP8_PID_MASK == 0;
-    let header = if starts_frame {
+    let header = if vp8_starts_frame(payload) {
         let tag = *payload.get(descriptor)?;
         if tag & 0x01 == 0 {
             VP8_KEY_HEADER_LEN

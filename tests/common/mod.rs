@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use veil::{Config, Running};
-use veil_bench::participant::{Participant, ParticipantConfig, RemoteTrackStats};
+use veil_bench::participant::{Participant, ParticipantConfig, RemoteTrackStats, VideoConfig};
 
 /// Starts an all-in-one Veil on free loopback ports, its accounts in a fresh SQLite
 /// file (and its outbox) under a temporary folder.
@@ -132,6 +132,17 @@ async fn postgres_admin(sql: &str) {
 
 pub fn participant(veil: &Running, room: &str, name: &str) -> ParticipantConfig {
     ParticipantConfig::new(&veil.base_url(), room, name)
+}
+
+/// A small camera (15 fps, 150 kbit/s, a key frame every 2 s) for end-to-end encryption
+/// tests, where frames only need to decrypt, not to load the SFU.
+pub fn small_camera() -> VideoConfig {
+    VideoConfig {
+        fps: 15,
+        bitrate_bps: 150_000,
+        keyframe_interval: Duration::from_secs(2),
+        simulcast: false,
+    }
 }
 
 /// Polls `check` every 20 ms until it holds; panics after `limit`.

@@ -19,7 +19,7 @@
 
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { assert, checkCount, fmt, log, mailedLink, ok, runScript, serveWebDir, waitFor } from './lib.mjs';
+import { assert, checkCount, consoleLines, everyone, fmt, harness, log, mailedLink, ok, serveWebDir, waitFor } from './lib.mjs';
 
 // The whole run; each wait has its own, shorter limit.
 const DEADLINE_MS = 80_000;
@@ -27,7 +27,6 @@ const DEADLINE_MS = 80_000;
 const requests = []; // {url, method, body}
 const setCookies = []; // Set-Cookie header values, as received
 const problems = []; // uncaught page errors
-const consoleLines = [];
 let page = null;
 
 /** The text of the live region `id`, once it matches `re`. */
@@ -331,7 +330,9 @@ async function run(veil, browser) {
 }
 
 async function main() {
-  await runScript({ script: 'accounts.mjs', deadlineMs: DEADLINE_MS, consoleLines, diagnose }, async (veil, browser, started) => {
+  // What the page showed, in the harness's report if a check fails.
+  everyone.push({ diagnose: async () => (await diagnose()).join('\n') });
+  await harness('accounts.mjs', DEADLINE_MS, async ({ veil, browser, started }) => {
     await run(veil, browser);
 
     const origin = new URL(veil.base);
