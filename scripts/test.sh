@@ -56,6 +56,16 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+step "dependencies"
+# Licences, banned crates (OpenSSL bindings, a second tokio/TLS/WebRTC line) and sources,
+# from deny.toml. The RustSec advisory database is a git repository this machine cannot
+# reach, so advisories are not checked here (docs/security.md).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "installing: cargo-deny"
+  cargo install --locked --quiet cargo-deny
+fi
+cargo deny --offline check licenses bans sources
+
 step "web client tests (node)"
 # SFrame and key management in the browser's JavaScript, against RFC 9605's vectors
 # and the Rust implementation's fixtures.
