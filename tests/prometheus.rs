@@ -382,6 +382,8 @@ async fn every_panel_and_alert_evaluates_against_a_live_call() {
         .text()
         .await
         .expect("text");
+    // The scrape itself, for the record (shown with --nocapture).
+    println!("--- scrape during the call ---\n{scrape}");
     let (ok, out) = run_promtool(&["check", "metrics"], Some(&scrape));
     assert!(ok, "promtool check metrics: {out}");
 
