@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Row};
 
 /// Which database a store talks to; a few statements differ (locking, catalog).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,13 @@ impl Store {
                 Backend::Postgres => 10,
             })
             .acquire_timeout(Duration::from_secs(10))
+            // When the disk is full (or on an I/O error) SQLite rolls the transaction
+            // back by itself; sqlx's own ROLLBACK then fails and the connection keeps
+            // believing it is inside a transaction, so every later `BEGIN IMMEDIATE`
+            // on it would fail and the pool would stay broken after space is freed.
+            // Such a connection is closed and replaced instead of being handed out
+            // (the release already flushed any rollback still queued on it).
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect(&url)
             .await?;
         if backend == Backend::Sqlite {
