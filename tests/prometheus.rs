@@ -213,19 +213,23 @@ async fn account_activity(veil: &veil::Running) {
         .await
         .expect("log in");
     assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
-    for cookie in [&gone, &pending] {
-        let closed = client
-            .post(format!("{base}/api/account/close"))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .expect("close");
-        assert!(closed.status().is_success(), "{}", closed.status());
-        if cookie == &gone {
-            let report = veil.accounts.purge().await.expect("purge");
-            assert_eq!(report.closed, 1);
+    let close = |cookie: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let closed = client
+                .post(format!("{base}/api/account/close"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .expect("close");
+            assert!(closed.status().is_success(), "{}", closed.status());
         }
-    }
+    };
+    close(gone).await;
+    let report = veil.accounts.purge().await.expect("purge");
+    assert_eq!(report.closed, 1);
+    close(pending).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
