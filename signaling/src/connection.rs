@@ -93,24 +93,33 @@ fn park(state: &Arc<Signaling>, joined: Joined) {
 
 /// The participant is gone for good: its media session closes, the others hear it left.
 async fn end(state: &Signaling, j: Joined) {
-    if let Some((session, mut events)) = j.media {
-        state.sfu.close_session(session).await;
-        // The session's metadata record follows its close (bounded wait: a lost node
-        // sends nothing).
-        let record = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(event) = events.recv().await {
-                if let SfuSignal::Closed { record, .. } = event {
-                    return record;
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        keep_usage(state, &j.room, &j.participant, record);
+    if let Some(media) = j.media {
+        close_media(state, &j.room, &j.participant, media).await;
     }
     state.rooms.leave(&j.room, &j.participant);
+}
+
+/// Closes one media session and keeps its metadata record, which follows the close
+/// (bounded wait: a lost node sends nothing).
+async fn close_media(
+    state: &Signaling,
+    room: &str,
+    participant: &str,
+    (session, mut events): (SessionId, mpsc::Receiver<SfuSignal>),
+) {
+    state.sfu.close_session(session).await;
+    let record = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(event) = events.recv().await {
+            if let SfuSignal::Closed { record, .. } = event {
+                return record;
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    keep_usage(state, room, participant, record);
 }
 
 /// Adds an ended session's metadata record to the participant's account, if logged in.
@@ -418,11 +427,10 @@ where
             let Some(j) = joined.as_mut() else {
                 return not_joined(state, sink).await;
             };
-            if j.media.is_some() {
-                state.metrics.error("already_joined");
-                let msg = ServerMessage::error("already_joined", "the media session is still up");
-                send(sink, state, &msg).await?;
-                return Ok(Next::Continue);
+            // A client whose peer connection never came up (or failed) starts over with
+            // a new media session; presence stays, so the others see no leave.
+            if let Some(media) = j.media.take() {
+                close_media(state, &j.room, &j.participant, media).await;
             }
             // Signaling vouches for the participant it already admitted.
             let grant = state.signer.sign(&Grant {

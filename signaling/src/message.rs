@@ -73,7 +73,8 @@ pub enum ClientMessage {
     State {
         state: MediaState,
     },
-    /// After `media_reset`: open a new media session for this participant.
+    /// Open a new media session for this participant: after `media_reset`, or to replace
+    /// a session whose peer connection never connected or failed.
     Rejoin {},
     /// Host only: remove a participant from the meeting.
     Remove {
