@@ -7,8 +7,7 @@ use veil_bench::participant::{open_socket, request_grant};
 
 use super::{participant, secs, within};
 
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use veil_bench::participant::WsStream as Ws;
 
 /// A joined raw socket (no peer connection), for protocol-level checks.
 pub async fn raw_member(veil: &veil::Running, room: &str, name: &str) -> (Ws, String) {
