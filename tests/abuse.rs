@@ -133,17 +133,20 @@ async fn idle_sockets_that_never_join_are_closed_after_the_join_timeout() {
     veil.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_never_reads_is_disconnected_instead_of_buffered() {
-    let veil = start_veil().await;
+/// A member joins and never reads again; eight others send it `per_sender` blobs of
+/// the largest size each (within their message burst). It must be let go, counted as
+/// `slow_client`, while the pair keeps its round trips.
+async fn stalled_member_is_let_go(per_sender: usize) {
+    let mut config = test_config();
+    // Raw members never connect media: keep their sessions past the send timeout.
+    config.sfu.connect_timeout = secs(60);
+    let veil = veil::start(&config).await.expect("start veil");
     let room = new_room(&veil);
     let mut pair = Pair::join(&veil, &room).await;
     // Joined, then never reads another frame.
     let (_stalled, stalled_id) = raw_member(&veil, &room, "Stall").await;
     let _ = next_of(&mut pair.a, "participant_joined").await;
 
-    // Members of the room address the biggest blobs allowed at it, each within its
-    // own message burst: far more than its socket buffers and queue hold.
     let blob = "A".repeat(veil_signaling::message::MAX_BLOB_BYTES);
     let msg = json!({"type": "e2ee", "to": stalled_id, "blob": blob}).to_string();
     let mut senders = Vec::new();
@@ -152,7 +155,7 @@ async fn a_member_that_never_reads_is_disconnected_instead_of_buffered() {
         senders.push(ws);
     }
     for ws in &mut senders {
-        for _ in 0..150 {
+        for _ in 0..per_sender {
             send_text(ws, msg.clone()).await;
         }
     }
@@ -171,6 +174,21 @@ async fn a_member_that_never_reads_is_disconnected_instead_of_buffered() {
     assert!(errors(&veil, "slow_client") >= 1);
     pair.round_trip("after the stalled member was let go").await;
     veil.stop().await.expect("stop");
+}
+
+/// More than its queue holds: let go as soon as the queue is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_queue_fills_is_disconnected_instead_of_buffered() {
+    const { assert!(8 * 150 > veil_signaling::room::ROOM_QUEUE) };
+    stalled_member_is_let_go(150).await;
+}
+
+/// Less than its queue holds but more than its socket takes: let go when a frame has
+/// waited `SEND_TIMEOUT` for the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_socket_stops_taking_frames_is_disconnected() {
+    const { assert!(8 * 100 < veil_signaling::room::ROOM_QUEUE) };
+    stalled_member_is_let_go(100).await;
 }
 
 /// Next JSON message of the given type within `limit`, skipping others.

@@ -15,9 +15,11 @@ use crate::message::{MediaState, Peer, ServerMessage};
 use veil_sfu::CloseReason;
 
 /// Room messages (presence, E2EE blobs, `closed`) queued for one member's socket at
-/// most. A member that lets its queue fill up is not reading: its connection ends it
-/// (`slow_client`), and what did not fit is dropped rather than buffered without bound.
-pub const ROOM_QUEUE: usize = 256;
+/// most: room for everyone of a full room joining, announcing its state and sending its
+/// key at once (3 × 100 + margin), at most 16 MiB of blobs. A member that lets its queue
+/// fill up is not reading: its connection ends it (`slow_client`), and what did not fit
+/// is dropped rather than buffered without bound.
+pub const ROOM_QUEUE: usize = 1024;
 
 fn key_hash(key: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
