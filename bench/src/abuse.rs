@@ -249,6 +249,10 @@ pub struct Phase {
     pub answers: String,
 }
 
+/// Longest warm-up plus window: under the SFU's default connect timeout, which closes
+/// the probe's media-less members.
+pub const MAX_PHASE: Duration = Duration::from_secs(25);
+
 /// Runs each attack in turn for `window` (after `warmup`), the probe measuring meanwhile.
 pub async fn run(
     target: &Target,
@@ -256,9 +260,11 @@ pub async fn run(
     warmup: Duration,
     window: Duration,
 ) -> Result<Vec<Phase>, AbuseError> {
-    let mut probe = Probe::join(target).await?;
     let mut phases = Vec::new();
     for &attack in attacks {
+        // A fresh pair each phase: members without media are closed by the SFU after
+        // its connect timeout (30 s by default), longer than one phase.
+        let mut probe = Probe::join(target).await?;
         let tally = Tally::default();
         let attacker = {
             let (target, tally) = (target.clone(), tally.clone());

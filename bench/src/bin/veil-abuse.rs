@@ -22,7 +22,7 @@ struct Cli {
     /// idle-flood, slow-reader, huge-messages, expired-grants, login-guessing, signup-flood.
     #[arg(long = "attack")]
     attacks: Vec<String>,
-    /// Measuring window per attack, seconds.
+    /// Measuring window per attack, seconds (with the warm-up at most 25).
     #[arg(long, short = 'd', default_value_t = 5.0)]
     duration: f64,
     /// Time the attack runs before the window opens, seconds.
@@ -52,6 +52,12 @@ fn main() -> anyhow::Result<()> {
     };
     let window = Duration::try_from_secs_f64(cli.duration).context("--duration")?;
     let warmup = Duration::try_from_secs_f64(cli.warmup).context("--warmup")?;
+    if warmup + window > abuse::MAX_PHASE {
+        bail!(
+            "--warmup + --duration must be at most {:?}",
+            abuse::MAX_PHASE
+        );
+    }
     let veil = InProcessVeil::start(cli.sfu_threads)?;
     let target = Target {
         server: veil.target(cli.generator_threads)?.server,
