@@ -191,22 +191,6 @@ async fn a_member_whose_socket_stops_taking_frames_is_disconnected() {
     stalled_member_is_let_go(100).await;
 }
 
-/// Next JSON message of the given type within `limit`, skipping others.
-async fn next_of_within(ws: &mut Ws, kind: &str, limit: std::time::Duration) -> Value {
-    within(&format!("a {kind} message"), limit, async {
-        loop {
-            let frame = ws.next().await.expect("open").expect("frame");
-            if let Message::Text(t) = frame {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                if v["type"] == kind {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_messages_get_a_typed_error_or_a_close_and_others_are_unaffected() {
     use veil_signaling::message::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};

@@ -27,7 +27,12 @@ pub async fn send_text(ws: &mut Ws, text: String) {
 
 /// Next JSON message of the given type, skipping others.
 pub async fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    within(&format!("a {kind} message"), secs(5), async {
+    next_of_within(ws, kind, secs(5)).await
+}
+
+/// Next JSON message of the given type within `limit`, skipping others.
+pub async fn next_of_within(ws: &mut Ws, kind: &str, limit: std::time::Duration) -> Value {
+    within(&format!("a {kind} message"), limit, async {
         loop {
             let frame = ws.next().await.expect("open").expect("frame");
             if let Message::Text(t) = frame {
