@@ -367,33 +367,36 @@ async fn run_attack(attack: Attack, target: &Target, tally: &Tally) -> Result<()
             }
             Ok(())
         }
-        Attack::ExpiredGrants => loop {
-            let (mut ws, _) = tokio_tungstenite::connect_async(target.ws_url().as_str())
-                .await
-                .map_err(|e| AbuseError::WebSocket(e.to_string()))?;
-            let grant = target.signaling.signer.sign(&Grant {
-                room: target.new_room()?,
-                participant: "replayed".into(),
-                can_publish: true,
-                can_subscribe: true,
-                expires: veil_sfu::unix_now().saturating_sub(1),
-            });
-            let join = json!({"type": "join", "grant": grant}).to_string();
-            let _ = ws.send(Message::Text(join.into())).await;
-            let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
-                while let Some(Ok(Message::Text(t))) = ws.next().await {
-                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str())
-                        && v["type"] == "error"
-                    {
-                        return v["code"].as_str().unwrap_or("error").to_string();
+        Attack::ExpiredGrants => {
+            let room = target.new_room()?;
+            loop {
+                let (mut ws, _) = tokio_tungstenite::connect_async(target.ws_url().as_str())
+                    .await
+                    .map_err(|e| AbuseError::WebSocket(e.to_string()))?;
+                let grant = target.signaling.signer.sign(&Grant {
+                    room: room.clone(),
+                    participant: "replayed".into(),
+                    can_publish: true,
+                    can_subscribe: true,
+                    expires: veil_sfu::unix_now().saturating_sub(1),
+                });
+                let join = json!({"type": "join", "grant": grant}).to_string();
+                let _ = ws.send(Message::Text(join.into())).await;
+                let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
+                    while let Some(Ok(Message::Text(t))) = ws.next().await {
+                        if let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+                            && v["type"] == "error"
+                        {
+                            return v["code"].as_str().unwrap_or("error").to_string();
+                        }
                     }
-                }
-                "closed".to_string()
-            })
-            .await
-            .unwrap_or_else(|_| "no answer".into());
-            tally.add(answer);
-        },
+                    "closed".to_string()
+                })
+                .await
+                .unwrap_or_else(|_| "no answer".into());
+                tally.add(answer);
+            }
+        }
         Attack::LoginGuessing => {
             let clients: Arc<Vec<reqwest::Client>> = Arc::new((2..252).map(client_from).collect());
             let mut loops = Vec::new();
