@@ -7,45 +7,11 @@ mod common;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use veil_bench::participant::{Participant, open_socket, request_grant};
+use veil_bench::participant::Participant;
 use veil_signaling::message::MediaState;
 
+use common::ws::*;
 use common::*;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A joined raw socket (no peer connection), for protocol-level checks.
-async fn raw_member(veil: &veil::Running, room: &str, name: &str) -> (Ws, String) {
-    let mut config = participant(veil, room, name);
-    config.audio = false;
-    config.video = None;
-    let (_, grant, ws_path) = request_grant(&config).await.expect("grant");
-    let joined = open_socket(&veil.base_url(), &ws_path, Some(&grant))
-        .await
-        .expect("join");
-    (joined.ws, joined.participant)
-}
-
-async fn send_text(ws: &mut Ws, text: String) {
-    ws.send(Message::Text(text.into())).await.expect("send");
-}
-
-/// Next JSON message of the given type, skipping others.
-async fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    within(&format!("a {kind} message"), secs(5), async {
-        loop {
-            let frame = ws.next().await.expect("open").expect("frame");
-            if let Message::Text(t) = frame {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json");
-                if v["type"] == kind {
-                    return v;
-                }
-            }
-        }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_e2ee_relay_stay_in_the_room() {

@@ -8,6 +8,7 @@
 //! Must never: talk to anything but the Veil server it is pointed at, or use a real
 //! media key outside tests.
 
+pub mod abuse;
 pub mod depacketize;
 pub mod e2ee;
 pub mod histogram;

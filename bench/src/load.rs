@@ -321,6 +321,12 @@ impl InProcessVeil {
         })
     }
 
+    /// The running signaling (for what only an in-process Veil allows, such as
+    /// signing a grant).
+    pub fn signaling(&self) -> Option<Arc<veil_signaling::Signaling>> {
+        self.running.as_ref().map(|r| r.signaling.clone())
+    }
+
     /// Closes every session and stops serving.
     pub fn stop(mut self) {
         if let Some(running) = self.running.take() {

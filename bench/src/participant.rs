@@ -463,7 +463,7 @@ pub async fn request_grant(
     Ok((reply.participant, reply.grant, reply.ws))
 }
 
-type WsStream =
+pub type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A socket that joined.

@@ -36,6 +36,8 @@ pub const ERROR_REASONS: &[&str] = &[
     "resume_expired",
     "not_host",
     "rooms_full",
+    "join_timeout",
+    "slow_client",
     // Accounts API.
     "invalid_body",
     "invalid_email",

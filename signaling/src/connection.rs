@@ -19,7 +19,7 @@ use crate::message::{
     ClientMessage, MAX_BLOB_BYTES, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, ServerMessage,
 };
 use crate::quota::{MessageQuota, Verdict};
-use crate::room::RoomError;
+use crate::room::{ROOM_QUEUE, RoomError};
 
 /// `GET /ws`
 pub async fn upgrade(State(state): State<Arc<Signaling>>, ws: WebSocketUpgrade) -> Response {
@@ -135,6 +135,11 @@ fn keep_usage(state: &Signaling, room: &str, participant: &str, record: Option<C
     });
 }
 
+/// How long one frame may wait for the client's socket to take it. A client that
+/// reads nothing for this long is disconnected (`slow_client`) instead of having its
+/// messages buffered without bound.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What to do after handling one client message.
 enum Next {
     Continue,
@@ -150,8 +155,22 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
     let mut dropped = false;
     let mut quota = MessageQuota::new(std::time::Instant::now());
     // Presence and E2EE messages from the room for this participant.
-    let (room_tx, mut room_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let (room_tx, mut room_rx) = mpsc::channel::<ServerMessage>(ROOM_QUEUE);
+    let join_deadline =
+        tokio::time::Instant::now() + Duration::from_secs(state.config.join_timeout_secs);
     loop {
+        if room_tx.capacity() == 0 {
+            // The room's messages for this client piled up: it is not reading.
+            state.metrics.error("slow_client");
+            break;
+        }
+        let waiting_for_join = joined.is_none();
+        let join_timeout = async move {
+            if !waiting_for_join {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep_until(join_deadline).await;
+        };
         let next_event = async {
             match joined.as_mut().and_then(|j| j.media.as_mut()) {
                 Some((_, events)) => events.recv().await,
@@ -213,6 +232,15 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
                     Ok(Next::Close) | Err(()) => break,
                 }
             }
+            () = join_timeout => {
+                state.metrics.error("join_timeout");
+                let msg = ServerMessage::error(
+                    "join_timeout",
+                    format!("join within {} s of connecting", state.config.join_timeout_secs),
+                );
+                let _ = send(&mut sink, &state, &msg).await;
+                break;
+            }
             Some(msg) = room_rx.recv() => {
                 // Removed by the host, or the meeting ended: tell the client and go.
                 let ends = matches!(msg, ServerMessage::Closed { .. });
@@ -261,7 +289,8 @@ async fn run(socket: WebSocket, state: Arc<Signaling>) {
             end(&state, j).await;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    // Bounded: a client that reads nothing would otherwise hold this task forever.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
     state.metrics.ws_connections.dec();
 }
 
@@ -275,14 +304,20 @@ where
         .ws_messages
         .with_label_values(&["out", msg.kind()])
         .inc();
-    sink.send(Message::Text(json.into())).await.map_err(|_| ())
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(json.into()))).await {
+        Ok(sent) => sent.map_err(|_| ()),
+        Err(_) => {
+            state.metrics.error("slow_client");
+            Err(())
+        }
+    }
 }
 
 async fn handle<S>(
     state: &Arc<Signaling>,
     sink: &mut S,
     joined: &mut Option<Joined>,
-    room_tx: &mpsc::UnboundedSender<ServerMessage>,
+    room_tx: &mpsc::Sender<ServerMessage>,
     text: &str,
 ) -> Result<Next, ()>
 where

@@ -45,6 +45,9 @@ pub struct SignalingConfig {
     pub node_fingerprints: Vec<String>,
     /// `veil signaling` only: where signaling keeps its own link certificate.
     pub identity_dir: std::path::PathBuf,
+    /// A WebSocket that has not joined (or resumed) this long after opening is closed
+    /// with a `join_timeout` error, so idle sockets cannot pile up.
+    pub join_timeout_secs: u64,
 }
 
 impl Default for SignalingConfig {
@@ -58,6 +61,7 @@ impl Default for SignalingConfig {
             node_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7890)),
             node_fingerprints: Vec::new(),
             identity_dir: "data/signaling-link".into(),
+            join_timeout_secs: 10,
         }
     }
 }

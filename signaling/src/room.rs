@@ -9,10 +9,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::message::{MediaState, Peer, ServerMessage};
 use veil_sfu::CloseReason;
+
+/// Room messages (presence, E2EE blobs, `closed`) queued for one member's socket at
+/// most: room for everyone of a full room joining, announcing its state and sending its
+/// key at once (3 × 100 + margin), at most 16 MiB of blobs. A member that lets its queue
+/// fill up is not reading: its connection ends it (`slow_client`), and what did not fit
+/// is dropped rather than buffered without bound.
+pub const ROOM_QUEUE: usize = 1024;
 
 fn key_hash(key: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -49,7 +56,7 @@ struct Member {
     host: bool,
     state: MediaState,
     /// The member's WebSocket, while it is connected.
-    connection: Option<UnboundedSender<ServerMessage>>,
+    connection: Option<Sender<ServerMessage>>,
 }
 
 struct RoomRecord {
@@ -83,7 +90,7 @@ impl RoomRecord {
     fn end(&self) {
         for member in self.participants.values() {
             if let Some(tx) = &member.connection {
-                let _ = tx.send(ServerMessage::Closed {
+                let _ = tx.try_send(ServerMessage::Closed {
                     reason: CloseReason::MeetingEnded,
                 });
             }
@@ -96,7 +103,7 @@ impl RoomRecord {
             if id != except
                 && let Some(tx) = &member.connection
             {
-                let _ = tx.send(msg.clone());
+                let _ = tx.try_send(msg.clone());
             }
         }
     }
@@ -198,7 +205,7 @@ impl RoomDirectory {
         &self,
         room: &str,
         participant: &str,
-        connection: UnboundedSender<ServerMessage>,
+        connection: Sender<ServerMessage>,
     ) -> Result<Vec<Peer>, RoomError> {
         self.connect(room, participant, connection, true)
     }
@@ -209,7 +216,7 @@ impl RoomDirectory {
         &self,
         room: &str,
         participant: &str,
-        connection: UnboundedSender<ServerMessage>,
+        connection: Sender<ServerMessage>,
     ) -> Result<Vec<Peer>, RoomError> {
         self.connect(room, participant, connection, false)
     }
@@ -218,7 +225,7 @@ impl RoomDirectory {
         &self,
         room: &str,
         participant: &str,
-        connection: UnboundedSender<ServerMessage>,
+        connection: Sender<ServerMessage>,
         announce: bool,
     ) -> Result<Vec<Peer>, RoomError> {
         let mut rooms = self.rooms();
@@ -255,7 +262,7 @@ impl RoomDirectory {
             .ok_or(RoomError::UnknownParticipant)?;
         match &member.connection {
             Some(tx) => {
-                let _ = tx.send(ServerMessage::Closed {
+                let _ = tx.try_send(ServerMessage::Closed {
                     reason: CloseReason::Removed,
                 });
             }
@@ -369,7 +376,7 @@ impl RoomDirectory {
                     .filter(|_| to != from)
                     .and_then(|m| m.connection.as_ref())
                     .ok_or(RoomError::UnknownParticipant)?;
-                let _ = target.send(msg);
+                let _ = target.try_send(msg);
             }
         }
         Ok(())
@@ -434,7 +441,7 @@ mod tests {
 
     #[test]
     fn only_the_host_removes_and_ends() {
-        use tokio::sync::mpsc::unbounded_channel;
+        use tokio::sync::mpsc::channel;
         let t0 = Instant::now();
         let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
         let created = dir.create(t0, None).unwrap();
@@ -448,9 +455,9 @@ mod tests {
             .unwrap();
         let ann = dir.join(&room, "Ann", None, None, t0).unwrap();
         let bo = dir.join(&room, "Bo", None, None, t0).unwrap();
-        let (host_tx, mut host_rx) = unbounded_channel();
-        let (ann_tx, mut ann_rx) = unbounded_channel();
-        let (bo_tx, mut bo_rx) = unbounded_channel();
+        let (host_tx, mut host_rx) = channel(ROOM_QUEUE);
+        let (ann_tx, mut ann_rx) = channel(ROOM_QUEUE);
+        let (bo_tx, mut bo_rx) = channel(ROOM_QUEUE);
         dir.attach(&room, &host, host_tx).unwrap();
         dir.attach(&room, &ann, ann_tx).unwrap();
         dir.attach(&room, &bo, bo_tx).unwrap();
@@ -478,7 +485,7 @@ mod tests {
         );
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ServerMessage>) -> Vec<ServerMessage> {
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<ServerMessage>) -> Vec<ServerMessage> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             out.push(m);
@@ -488,7 +495,7 @@ mod tests {
 
     #[test]
     fn presence_and_relay_stay_inside_one_room() {
-        use tokio::sync::mpsc::unbounded_channel;
+        use tokio::sync::mpsc::channel;
         let t0 = Instant::now();
         let dir = RoomDirectory::new(10, 10, Duration::from_secs(60));
         let room = dir.create(t0, None).unwrap().room;
@@ -496,9 +503,9 @@ mod tests {
         let ann = dir.join(&room, "Ann", None, None, t0).unwrap();
         let bo = dir.join(&room, "Bo", None, None, t0).unwrap();
         let cy = dir.join(&other_room, "Cy", None, None, t0).unwrap();
-        let (ann_tx, mut ann_rx) = unbounded_channel();
-        let (bo_tx, mut bo_rx) = unbounded_channel();
-        let (cy_tx, mut cy_rx) = unbounded_channel();
+        let (ann_tx, mut ann_rx) = channel(ROOM_QUEUE);
+        let (bo_tx, mut bo_rx) = channel(ROOM_QUEUE);
+        let (cy_tx, mut cy_rx) = channel(ROOM_QUEUE);
         assert!(dir.attach(&room, &ann, ann_tx).unwrap().is_empty());
         let peers = dir.attach(&room, &bo, bo_tx).unwrap();
         assert_eq!(peers.len(), 1);
@@ -576,7 +583,7 @@ mod tests {
             .join(&mine.room, "Ann", None, Some("acct-c"), t0)
             .unwrap();
         assert_eq!(dir.account_of(&mine.room, &ann).as_deref(), Some("acct-c"));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(ROOM_QUEUE);
         dir.attach(&mine.room, &ann, tx).unwrap();
         assert_eq!(dir.end_meetings_of("acct-a"), 1);
         assert!(matches!(

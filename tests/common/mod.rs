@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod ws;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

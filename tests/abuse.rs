@@ -1,0 +1,358 @@
+//! Abuse: connection floods, clients that never read, huge messages, expired grants,
+//! password guessing and sign-up floods are each answered with the documented limit
+//! (docs/security.md, "Abuse"), while a well-behaved pair of members in the same Veil
+//! keeps getting answers.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use veil_bench::participant::{open_socket, request_grant};
+use veil_sfu::grant::Grant;
+
+use common::ws::*;
+use common::*;
+
+/// Two joined members: the well-behaved client whose round trips must keep working.
+struct Pair {
+    a: Ws,
+    b: Ws,
+    a_id: String,
+    raised: bool,
+}
+
+impl Pair {
+    async fn join(veil: &veil::Running, room: &str) -> Pair {
+        let (a, a_id) = raw_member(veil, room, "Ann").await;
+        let (b, _) = raw_member(veil, room, "Bo").await;
+        Pair {
+            a,
+            b,
+            a_id,
+            raised: false,
+        }
+    }
+
+    /// Ann changes her state and Bo hears it: one round trip through signaling.
+    async fn round_trip(&mut self, what: &str) {
+        self.raised = !self.raised;
+        let msg = json!({"type": "state", "state": {"audio_muted": false,
+            "video_muted": false, "screen_sharing": false, "hand_raised": self.raised}});
+        send_text(&mut self.a, msg.to_string()).await;
+        let seen = next_of(&mut self.b, "participant_state").await;
+        assert_eq!(seen["participant"], self.a_id.as_str(), "{what}");
+        assert_eq!(seen["state"]["hand_raised"], self.raised, "{what}");
+    }
+}
+
+fn ws_url(veil: &veil::Running) -> String {
+    format!("{}/ws", veil.base_url().replacen("http://", "ws://", 1))
+}
+
+/// The count of `veil_errors_total` for `reason`.
+fn errors(veil: &veil::Running, reason: &str) -> u64 {
+    let prefix = format!("veil_errors_total{{reason=\"{reason}\"}} ");
+    veil.metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The next error code on `ws`, or `None` when it closes first.
+async fn next_error_or_close(ws: &mut Ws) -> Option<String> {
+    within("an error or a close", secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                    if v["type"] == "error" {
+                        return v["code"].as_str().map(str::to_string);
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+}
+
+/// True once `ws` is closed by the server (after any messages still queued).
+async fn closes(ws: &mut Ws) -> bool {
+    within("the socket to close", secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+}
+
+const FLOOD: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_that_never_join_are_closed_after_the_join_timeout() {
+    let mut config = test_config();
+    config.signaling.join_timeout_secs = 2;
+    let veil = veil::start(&config).await.expect("start veil");
+    let room = new_room(&veil);
+    let mut pair = Pair::join(&veil, &room).await;
+
+    // A flood of sockets opened and held without a word.
+    let mut idle = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(&veil).as_str())
+            .await
+            .expect("connect");
+        idle.push(ws);
+    }
+    pair.round_trip("while the idle sockets are open").await;
+
+    // Each is told why and closed; the joined members are not.
+    for ws in &mut idle {
+        assert_eq!(
+            next_error_or_close(ws).await.as_deref(),
+            Some("join_timeout")
+        );
+        assert!(closes(ws).await);
+    }
+    assert_eq!(errors(&veil, "join_timeout"), FLOOD as u64);
+    pair.round_trip("after the idle sockets were closed").await;
+    wait_until("the idle connections to be gone", secs(10), || {
+        veil.metrics.render().contains("veil_ws_connections 2\n")
+    })
+    .await;
+    veil.stop().await.expect("stop");
+}
+
+/// A member joins and never reads again; eight others send it `per_sender` blobs of
+/// the largest size each (within their message burst). It must be let go, counted as
+/// `slow_client`, while the pair keeps its round trips.
+async fn stalled_member_is_let_go(per_sender: usize) {
+    let mut config = test_config();
+    // Raw members never connect media: keep their sessions past the send timeout.
+    config.sfu.connect_timeout = secs(60);
+    let veil = veil::start(&config).await.expect("start veil");
+    let room = new_room(&veil);
+    let mut pair = Pair::join(&veil, &room).await;
+    // Joined, then never reads another frame.
+    let (_stalled, stalled_id) = raw_member(&veil, &room, "Stall").await;
+    let _ = next_of(&mut pair.a, "participant_joined").await;
+
+    let blob = "A".repeat(veil_signaling::message::MAX_BLOB_BYTES);
+    let msg = json!({"type": "e2ee", "to": stalled_id, "blob": blob}).to_string();
+    let mut senders = Vec::new();
+    for n in 0..8 {
+        let (ws, _) = raw_member(&veil, &room, &format!("Sender{n}")).await;
+        senders.push(ws);
+    }
+    for ws in &mut senders {
+        for _ in 0..per_sender {
+            send_text(ws, msg.clone()).await;
+        }
+    }
+    pair.round_trip("while a member is not reading").await;
+
+    // The stalled member is let go and the room hears it left.
+    within("the stalled member to be let go", secs(30), async {
+        loop {
+            let left = next_of_within(&mut pair.a, "participant_left", secs(30)).await;
+            if left["participant"] == stalled_id.as_str() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(errors(&veil, "slow_client") >= 1);
+    pair.round_trip("after the stalled member was let go").await;
+    veil.stop().await.expect("stop");
+}
+
+/// More than its queue holds: let go as soon as the queue is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_queue_fills_is_disconnected_instead_of_buffered() {
+    const { assert!(8 * 150 > veil_signaling::room::ROOM_QUEUE) };
+    stalled_member_is_let_go(150).await;
+}
+
+/// Less than its queue holds but more than its socket takes: let go when a frame has
+/// waited `SEND_TIMEOUT` for the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_socket_stops_taking_frames_is_disconnected() {
+    const { assert!(8 * 100 < veil_signaling::room::ROOM_QUEUE) };
+    stalled_member_is_let_go(100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_messages_get_a_typed_error_or_a_close_and_others_are_unaffected() {
+    use veil_signaling::message::{MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
+    let veil = start_veil().await;
+    let room = new_room(&veil);
+    let mut pair = Pair::join(&veil, &room).await;
+    let (mut big, _) = raw_member(&veil, &room, "Big").await;
+
+    // Over the message limit, within the frame limit: a typed error, still connected.
+    send_text(&mut big, "x".repeat(MAX_MESSAGE_BYTES + 1)).await;
+    assert_eq!(
+        next_error_or_close(&mut big).await.as_deref(),
+        Some("message_too_large")
+    );
+    pair.round_trip("after an oversized message").await;
+    send_text(&mut big, r#"{"type":"nonsense"}"#.into()).await;
+    assert_eq!(
+        next_error_or_close(&mut big).await.as_deref(),
+        Some("malformed_message")
+    );
+
+    // Over the frame limit: the connection is closed.
+    let _ = futures::SinkExt::send(
+        &mut big,
+        Message::Text("x".repeat(MAX_FRAME_BYTES + 1).into()),
+    )
+    .await;
+    assert!(closes(&mut big).await);
+    pair.round_trip("after an oversized frame").await;
+    assert!(errors(&veil, "message_too_large") >= 2);
+    veil.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_replayed_after_expiry_is_refused_with_grant_expired() {
+    let mut config = test_config();
+    config.signaling.grant_ttl_secs = 1;
+    let veil = veil::start(&config).await.expect("start veil");
+    let room = new_room(&veil);
+
+    // A real grant, used after its lifetime.
+    let mut cfg = participant(&veil, &room, "Late");
+    cfg.audio = false;
+    cfg.video = None;
+    let (_, grant, ws_path) = request_grant(&cfg).await.expect("grant");
+    tokio::time::sleep(secs(2)).await;
+    let refused = open_socket(&veil.base_url(), &ws_path, Some(&grant)).await;
+    let err = refused.err().expect("an expired grant is refused");
+    assert!(err.to_string().contains("grant_expired"), "{err}");
+
+    // A signed grant whose expiry has passed, on a raw socket: the typed error, then a close.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&veil).as_str())
+        .await
+        .expect("connect");
+    let token = veil.signaling.signer.sign(&Grant {
+        room: room.clone(),
+        participant: "replayed".into(),
+        can_publish: true,
+        can_subscribe: true,
+        expires: veil_sfu::unix_now() - 1,
+    });
+    send_text(&mut ws, json!({"type": "join", "grant": token}).to_string()).await;
+    assert_eq!(
+        next_error_or_close(&mut ws).await.as_deref(),
+        Some("grant_expired")
+    );
+    assert!(closes(&mut ws).await);
+    assert!(errors(&veil, "grant_expired") >= 1);
+    veil.stop().await.expect("stop");
+}
+
+/// An HTTP client whose requests come from `127.0.0.n`.
+fn client_from(n: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+        .build()
+        .expect("client")
+}
+
+async fn log_in(client: &reqwest::Client, base: &str, email: &str, password: &str) -> StatusCode {
+    let r = client
+        .post(format!("{base}/api/session"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("log in");
+    let status = r.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry: u64 = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert!(retry >= 1);
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_and_sign_up_floods_get_429_while_others_log_in() {
+    use veil_accounts::ratelimit::Action;
+    let config = test_config();
+    let veil = veil::start(&config).await.expect("start veil");
+    let base = veil.base_url();
+    // A real account that must keep working (signed up and logged in from 127.0.0.1).
+    let _ = host_cookie(&base, &config.accounts.mail.outbox_dir, "ok@example.org").await;
+    let password = "a long enough passphrase";
+
+    // One address guessing many people's passwords: cut off after its burst.
+    let (per_address, per_email) = Action::LogIn.budgets();
+    let guesser = client_from(2);
+    for n in 0..per_address.burst {
+        let email = format!("person{n}@example.org");
+        let status = log_in(&guesser, &base, &email, "guess guess guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {n}");
+    }
+    let status = log_in(&guesser, &base, "person-x@example.org", "guess guess guess").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Many addresses guessing one person's password: cut off after the e-mail's burst.
+    for n in 0..per_email.burst {
+        let status = log_in(
+            &client_from(10 + n as u8),
+            &base,
+            "victim@example.org",
+            "guess guess guess",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {n}");
+    }
+    let status = log_in(
+        &client_from(60),
+        &base,
+        "victim@example.org",
+        "guess guess guess",
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Another account still logs in meanwhile, from an address of its own.
+    let status = log_in(&client_from(61), &base, "ok@example.org", password).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A sign-up flood from one address.
+    let (per_address, _) = Action::SignUp.budgets();
+    let flooder = client_from(3);
+    let mut statuses = Vec::new();
+    for n in 0..=per_address.burst {
+        let r = flooder
+            .post(format!("{base}/api/accounts"))
+            .json(
+                &json!({"email": format!("flood{n}@example.org"), "display_name": "F",
+                "password": password, "age_confirmed": true, "accept_policy": true}),
+            )
+            .send()
+            .await
+            .expect("sign up");
+        statuses.push(r.status());
+    }
+    let (last, first) = statuses.split_last().expect("attempts");
+    assert!(first.iter().all(StatusCode::is_success), "{statuses:?}");
+    assert_eq!(*last, StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    veil.stop().await.expect("stop");
+}
