@@ -321,3 +321,47 @@ async fn the_host_removes_a_participant_and_ends_the_meeting() {
     }
     veil.stop().await.expect("stop");
 }
+
+/// `rejoin` while the media session is up replaces it (what a page does when its peer
+/// connection never connects or fails): a new session, the same participant, and no leave
+/// seen by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_replaces_a_live_media_session_without_a_leave() {
+    let veil = start_veil().await;
+    let room = new_room(&veil);
+    let (mut ann, ann_id) = raw_member(&veil, &room, "Ann").await;
+    let (mut bo, _) = raw_member(&veil, &room, "Bo").await;
+    next_of(&mut ann, "participant_joined").await;
+    assert_eq!(veil.sfu.stats().sessions, 2);
+    let started = veil.metrics.sessions_started.get();
+
+    send_text(&mut ann, json!({"type": "rejoin"}).to_string()).await;
+    let joined = next_of(&mut ann, "joined").await;
+    assert_eq!(joined["participant"], ann_id.as_str());
+    // A new session was admitted and the old one closed: still two.
+    assert_eq!(veil.metrics.sessions_started.get(), started + 1);
+    wait_until("the old session is closed", secs(5), || {
+        veil.sfu.stats().sessions == 2
+    })
+    .await;
+    assert_eq!(veil.signaling.rooms.peers(&room, "nobody").len(), 2);
+
+    // Bo hears Ann's state change, and no leave came before it.
+    let state = json!({"type": "state", "state": {"audio_muted": true}}).to_string();
+    send_text(&mut ann, state).await;
+    let heard = within("Bo hears Ann", secs(5), async {
+        loop {
+            let frame = bo.next().await.expect("open").expect("frame");
+            if let Message::Text(t) = frame {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                assert_ne!(v["type"], "participant_left", "Bo saw Ann leave: {v}");
+                if v["type"] == "participant_state" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(heard["participant"], ann_id.as_str());
+    veil.stop().await.expect("stop");
+}

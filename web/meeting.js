@@ -103,6 +103,10 @@ async function listDevices() {
 }
 
 // --- Signaling -----------------------------------------------------------------------------
+// A join normally connects within about 2 s (one DTLS retransmission included); one
+// that has not after this long is started over.
+const CONNECT_WATCHDOG_MS = 8000;
+
 function send(msg) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(msg));
 }
@@ -216,8 +220,7 @@ async function onServerMessage(msg) {
       break;
     case 'media_reset':
       // The SFU node was lost: new peer connection, same participant, same keys.
-      closePeerConnection();
-      send({ type: 'rejoin' });
+      restartMedia();
       break;
     case 'error':
       if (msg.code === 'resume_expired') {
@@ -311,8 +314,14 @@ async function startPeerConnection() {
     }
   });
   pc.addEventListener('track', onTrack);
+  // A connection that never comes up, or fails, is started over with a new media session
+  // (same participant, same keys): nobody should have to reload the page for it.
+  const watchdog = setTimeout(() => {
+    if (state.pc === pc && pc.connectionState !== 'connected') restartMedia();
+  }, CONNECT_WATCHDOG_MS);
   pc.addEventListener('connectionstatechange', () => {
-    if (pc.connectionState === 'failed') pc.restartIce();
+    if (pc.connectionState === 'connected') clearTimeout(watchdog);
+    if (pc.connectionState === 'failed' && state.pc === pc) restartMedia();
   });
   const audio = state.local.getAudioTracks()[0];
   const video = sentVideoTrack();
@@ -426,6 +435,16 @@ function forgetTrack(track) {
 // `track_unpublished` names the publisher's track, which is the received track's id.
 function removeTrack(trackId) {
   for (const tracks of state.remote.values()) for (const t of tracks) if (t.id === trackId) forgetTrack(t);
+}
+
+/**
+ * A new peer connection and media session for the same participant. Only while the
+ * WebSocket is open: after a drop, resuming brings the session back instead.
+ */
+function restartMedia() {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  closePeerConnection();
+  send({ type: 'rejoin' });
 }
 
 function closePeerConnection() {
