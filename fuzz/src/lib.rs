@@ -24,7 +24,7 @@ use veil_sfu::forwarder::ForwardState;
 use veil_sfu::grant::GrantVerifier;
 use veil_sfu::keyframe;
 use veil_sfu::signal::Layer;
-use veil_signaling::message::{ClientMessage, MAX_BLOB_BYTES};
+use veil_signaling::message::ClientMessage;
 
 /// A target: its name (the corpus folder under `fuzz/corpus/`) and its function.
 pub type Target = (&'static str, fn(&[u8]));
@@ -42,8 +42,8 @@ pub const TARGETS: &[Target] = &[
 ];
 
 /// A WebSocket text message from a client, parsed as signaling parses it; what is
-/// accepted is taken apart as the connection does (its kind, the SFU signal it
-/// carries, the e2ee blob bound).
+/// accepted is taken apart as the connection does (its metrics kind, the SFU signal it
+/// carries).
 pub fn signaling_message(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -52,9 +52,6 @@ pub fn signaling_message(data: &[u8]) {
         return;
     };
     let _ = message.kind();
-    if let ClientMessage::E2ee { blob, .. } = &message {
-        let _ = blob.len() > MAX_BLOB_BYTES;
-    }
     let _ = message.into_signal();
 }
 
