@@ -453,6 +453,7 @@ async fn join_leave_cycles_leave_nothing_behind() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline_tasks = runtime.metrics().num_alive_tasks();
+    let baseline_fds = open_fds();
 
     let started = Instant::now();
     const CYCLES: usize = 300;
@@ -480,6 +481,14 @@ async fn join_leave_cycles_leave_nothing_behind() {
         tasks <= baseline_tasks + SLACK,
         "tasks grew from {baseline_tasks} to {tasks} over {CYCLES} cycles"
     );
+    // The same for file descriptors (sockets of every session and of the participants
+    // in this process): one leaked per session would add hundreds.
+    let fds = open_fds();
+    println!("file descriptors: {baseline_fds} before, {fds} after {CYCLES} cycles");
+    assert!(
+        fds <= baseline_fds + 2 * SLACK,
+        "file descriptors grew from {baseline_fds} to {fds} over {CYCLES} cycles"
+    );
     resident.leave().await;
     wait_until("everything gone", secs(10), || {
         let s = veil.sfu.stats();
@@ -487,6 +496,13 @@ async fn join_leave_cycles_leave_nothing_behind() {
     })
     .await;
     veil.stop().await.expect("stop");
+}
+
+/// This process's open file descriptors.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
