@@ -16,7 +16,7 @@ use veil_accounts::rollup::{self, Measure};
 use veil_accounts::session::Session;
 use veil_accounts::store::{Backend, Store};
 
-use common::{Env, assert_not_logged, sign_up};
+use common::{Env, assert_not_logged, session_of, sign_up};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -80,17 +80,6 @@ async fn session_for(env: &Env, email: &str) -> (Session, String) {
         .expect("log in");
     let session = session_of(env, &done.cookie_value).await.expect("session");
     (session, done.cookie_value)
-}
-
-async fn session_of(env: &Env, cookie_value: &str) -> Result<Session, AccountError> {
-    let mut headers = axum::http::HeaderMap::new();
-    headers.insert(
-        axum::http::header::COOKIE,
-        format!("{}={cookie_value}", env.accounts.cookie.name)
-            .parse()
-            .expect("header"),
-    );
-    env.accounts.session(&headers).await
 }
 
 fn json(v: &impl serde::Serialize) -> String {

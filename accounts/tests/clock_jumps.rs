@@ -14,9 +14,8 @@ use veil_accounts::AccountError;
 use veil_accounts::closure::Closed;
 use veil_accounts::mail::Purpose;
 use veil_accounts::rollup::{self, Measure};
-use veil_accounts::session::Session;
 
-use common::{Env, sign_up};
+use common::{Env, session_of, sign_up};
 
 const PASSWORD: &str = "correct horse battery staple";
 const GRACE_HOURS: i64 = 48;
@@ -44,13 +43,6 @@ async fn with_grace(env: &mut Env, holidays: &[&str]) {
     config.grace_hours = GRACE_HOURS as u64;
     config.holidays = holidays.iter().map(|h| h.to_string()).collect();
     env.reopen_with(config).await;
-}
-
-async fn session_of(env: &Env, cookie_value: &str) -> Result<Session, AccountError> {
-    let cookie = format!("{}={cookie_value}", env.accounts.cookie.name);
-    let mut headers = axum::http::HeaderMap::new();
-    headers.insert(axum::http::header::COOKIE, cookie.parse().expect("header"));
-    env.accounts.session(&headers).await
 }
 
 /// Signs up, verifies, logs in: the cookie's value.

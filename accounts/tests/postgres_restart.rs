@@ -130,14 +130,9 @@ async fn a_restarted_postgres_loses_no_acknowledged_sign_up_and_half_purges_noth
             let email = format!("closing{i}@example.org");
             let id = env.verified(&email, "C", PASSWORD).await;
             let login = accounts.log_in(&email, PASSWORD, None).await.expect("log in");
-            let mut headers = axum::http::HeaderMap::new();
-            headers.insert(
-                axum::http::header::COOKIE,
-                format!("{}={}", accounts.cookie.name, login.cookie_value)
-                    .parse()
-                    .expect("header"),
-            );
-            let session = accounts.session(&headers).await.expect("session");
+            let session = session_from_cookie(&accounts, &login.cookie_value)
+                .await
+                .expect("session");
             accounts.close(&session).await.expect("close");
             closed.push(id);
         }

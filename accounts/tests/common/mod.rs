@@ -13,9 +13,10 @@ use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use veil_accounts::clock::ManualClock;
 use veil_accounts::mail::{Purpose, latest_link};
+use veil_accounts::session::Session;
 use veil_accounts::signup::SignUp;
 use veil_accounts::store::Backend;
-use veil_accounts::{Accounts, AccountsConfig};
+use veil_accounts::{AccountError, Accounts, AccountsConfig};
 use veil_metrics::Metrics;
 
 /// Runs a test body once per database kind.
@@ -198,6 +199,22 @@ where
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The session a cookie value stands for, as a request carrying it would find it.
+pub async fn session_of(env: &Env, cookie_value: &str) -> Result<Session, AccountError> {
+    session_from_cookie(&env.accounts, cookie_value).await
+}
+
+/// The same for any instance of the service.
+pub async fn session_from_cookie(
+    accounts: &Accounts,
+    cookie_value: &str,
+) -> Result<Session, AccountError> {
+    let cookie = format!("{}={cookie_value}", accounts.cookie.name);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(axum::http::header::COOKIE, cookie.parse().expect("header"));
+    accounts.session(&headers).await
 }
 
 /// Every log line of the test binary, at every level and from every crate.
