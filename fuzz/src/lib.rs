@@ -133,21 +133,31 @@ pub fn rtcp_feedback(data: &[u8]) {
 /// holding keys 0–3 (the first byte picks VP8 or Opus).
 pub fn sframe_frame(data: &[u8]) {
     let _ = Header::decode(data);
-    let Some((&codec, frame)) = data.split_first() else {
+    let Some((&pick, frame)) = data.split_first() else {
         return;
     };
-    let codec = if codec & 1 == 0 {
+    let Some(mut ring) = sframe_key_ring() else {
+        return;
+    };
+    let _ = ring.decrypt_frame(sframe_codec(pick), frame);
+}
+
+/// The key ring `sframe_frame` decrypts with: key ids 0–3, each key 16 bytes of its id.
+pub fn sframe_key_ring() -> Option<KeyRing> {
+    let mut ring = KeyRing::new();
+    for kid in 0..4u64 {
+        ring.insert(kid, &[kid as u8; 16]).ok()?;
+    }
+    Some(ring)
+}
+
+/// The codec the first byte of an `sframe_frame` input picks.
+pub fn sframe_codec(pick: u8) -> Codec {
+    if pick & 1 == 0 {
         Codec::Vp8
     } else {
         Codec::Opus
-    };
-    let mut ring = KeyRing::new();
-    for kid in 0..4u64 {
-        if ring.insert(kid, &[kid as u8; 16]).is_err() {
-            return;
-        }
     }
-    let _ = ring.decrypt_frame(codec, frame);
 }
 
 /// A key-management blob from another member, as a full member handles it: from a
@@ -205,7 +215,13 @@ pub fn accounts_body(data: &[u8]) {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
+    let (route, form) = accounts_route(pick);
+    let _ = veil_accounts::http::check_body(route, form, body);
+}
+
+/// The route and encoding (form when true) the first byte of an `accounts_body` input
+/// picks: the high seven bits choose the route, the low bit the encoding.
+pub fn accounts_route(pick: u8) -> (&'static str, bool) {
     let routes = veil_accounts::http::ROUTES;
-    let route = routes[usize::from(pick >> 1) % routes.len()];
-    let _ = veil_accounts::http::check_body(route, pick & 1 == 1, body);
+    (routes[usize::from(pick >> 1) % routes.len()], pick & 1 == 1)
 }

@@ -35,22 +35,13 @@ fn seeds_are_accepted_where_they_should_be() {
                 "signaling_message" => {
                     serde_json::from_slice::<veil_signaling::message::ClientMessage>(data).is_ok()
                 }
-                "sframe_frame" => {
-                    let mut ring = veil_bench::sframe::KeyRing::new();
-                    for kid in 0..4u64 {
-                        ring.insert(kid, &[kid as u8; 16]).expect("key");
-                    }
-                    let codec = if data[0] & 1 == 0 {
-                        veil_bench::sframe::Codec::Vp8
-                    } else {
-                        veil_bench::sframe::Codec::Opus
-                    };
-                    ring.decrypt_frame(codec, &data[1..]).is_ok()
-                }
+                "sframe_frame" => veil_fuzz::sframe_key_ring()
+                    .expect("key ring")
+                    .decrypt_frame(veil_fuzz::sframe_codec(data[0]), &data[1..])
+                    .is_ok(),
                 "accounts_body" => {
-                    let routes = veil_accounts::http::ROUTES;
-                    let route = routes[usize::from(data[0] >> 1) % routes.len()];
-                    veil_accounts::http::check_body(route, data[0] & 1 == 1, &data[1..]).is_ok()
+                    let (route, form) = veil_fuzz::accounts_route(data[0]);
+                    veil_accounts::http::check_body(route, form, &data[1..]).is_ok()
                 }
                 "sdp_offer" => webrtc::peer_connection::RTCSessionDescription::offer(
                     String::from_utf8_lossy(data).into_owned(),
