@@ -129,7 +129,10 @@ async fn a_restarted_postgres_loses_no_acknowledged_sign_up_and_half_purges_noth
         for i in 0..12 {
             let email = format!("closing{i}@example.org");
             let id = env.verified(&email, "C", PASSWORD).await;
-            let login = accounts.log_in(&email, PASSWORD, None).await.expect("log in");
+            let login = accounts
+                .log_in(&email, PASSWORD, None)
+                .await
+                .expect("log in");
             let session = session_from_cookie(&accounts, &login.cookie_value)
                 .await
                 .expect("session");
@@ -169,22 +172,29 @@ async fn a_restarted_postgres_loses_no_acknowledged_sign_up_and_half_purges_noth
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         restart.await.expect("restart");
-        assert_eq!(purged, closed.len() as u64, "every account purged exactly once");
+        // Nothing names a closed account any more.
         for id in &closed {
             for (table, column) in accounts.store.text_columns().await.expect("catalog") {
                 let n = rows(&accounts.store, &table, &column, id).await;
                 assert_eq!(n, 0, "{table}.{column} still names purged account {id}");
             }
         }
-        assert_eq!(
-            env.metrics
-                .account_purges
-                .with_label_values(&["closed"])
-                .get(),
-            closed.len() as u64
+        // A run that failed midway does not report what it had already committed, and a
+        // commit whose answer the restart cut off is not counted either; but no account
+        // can be purged twice: the counter never exceeds the accounts closed.
+        let counted = env
+            .metrics
+            .account_purges
+            .with_label_values(&["closed"])
+            .get();
+        assert!(
+            purged <= counted && counted <= closed.len() as u64,
+            "{purged} purges reported, {counted} counted, {} accounts closed",
+            closed.len()
         );
         println!(
-            "purge: {} accounts purged exactly once across the restart ({failed_runs} runs failed while it was down)",
+            "purge: all {} accounts gone after the restart ({purged} reported by runs that \
+             completed, {counted} counted, {failed_runs} runs failed while it was down)",
             closed.len()
         );
         // The acknowledged sign-ups are still there after the second restart too.
