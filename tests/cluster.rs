@@ -2,12 +2,17 @@
 //! `veil sfu` nodes linked over QUIC with pinned mutual TLS. Rooms spread over both
 //! nodes; a node killed with SIGKILL mid-call is noticed, and its participants (the
 //! headless participant rejoins by itself) receive media again on the other node; a
-//! node with an unpinned certificate never registers.
+//! node with an unpinned certificate never registers. Then signaling itself is killed
+//! while people sign up: the node registers again when it returns, every meeting can be
+//! joined again by its link (the host key still works), and no acknowledged sign-up or
+//! any of the host's data is lost.
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -120,7 +125,7 @@ fn light(server: &str, room: &str, name: &str) -> ParticipantConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
+async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
     let dir = std::env::temp_dir().join(format!("veil-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -178,6 +183,7 @@ async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
     let cookie = common::host_cookie(&server, &dir.join("outbox"), "host@example.org").await;
     let client = reqwest::Client::new();
     let mut rooms = Vec::new();
+    let mut host_keys = Vec::new();
     for _ in 0..6 {
         let created: Value = client
             .post(format!("{server}/api/rooms"))
@@ -189,6 +195,7 @@ async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
             .await
             .expect("json");
         rooms.push(created["room"].as_str().expect("room id").to_string());
+        host_keys.push(created["host_key"].as_str().expect("host key").to_string());
     }
     let mut people = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
@@ -307,9 +314,223 @@ async fn rooms_spread_over_nodes_and_survive_a_killed_node() {
             .unwrap_or_default();
     }
 
+    // Now signaling, killed the hard way mid-call while people sign up.
+    let export_before = export(&server, &cookie).await;
+    let mut signups = SignUps::start(&server);
+    wait_until("some sign-ups acknowledged", secs(20), || {
+        signups.acknowledged().len() >= 3
+    })
+    .await;
+    drop(_signaling); // SIGKILL
+    let killed = Instant::now();
+    signups.before_kill = signups.acknowledged().len();
+    // The node ends the sessions it carried for the lost signaling; every page's
+    // socket is gone.
+    wait_until("every participant notices", secs(10), || {
+        people.iter().all(|(_, p)| !p.is_connected())
+    })
+    .await;
+    let _signaling = spawn(&signaling_config, "signaling");
+    let started = Instant::now();
+    while !nodes_up(&get_json(&health_url).await.unwrap_or_default())
+        .iter()
+        .any(|(n, up, _)| n == "sfu-b" && *up)
+    {
+        assert!(
+            started.elapsed() < secs(30),
+            "the node did not register again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // As the meeting page does when its socket cannot resume: join again by the same
+    // link. Every room is still there; the host key still makes its holder the host.
+    let hosts: Vec<(String, String)> = rooms.iter().cloned().zip(host_keys).collect();
+    for (_, p) in people.drain(..) {
+        drop(p);
+    }
+    for (i, (room, host_key)) in hosts.iter().enumerate() {
+        let mut host = light(&server, room, &format!("A{i}"));
+        host.host_key = Some(host_key.clone());
+        people.push((i, Participant::join(host).await.expect("host rejoins")));
+        let guest = light(&server, room, &format!("B{i}"));
+        people.push((i, Participant::join(guest).await.expect("guest rejoins")));
+    }
+    wait_until("every room has media again", secs(30), || {
+        everyone_receives(&people, 10)
+    })
+    .await;
+    println!(
+        "signaling restart: SIGKILL → media again in {:?} (6 rooms, 12 people)",
+        killed.elapsed()
+    );
+    // No account data lost: the host is still logged in with the same data, and every
+    // sign-up acknowledged before the kill (or after the restart) is there.
+    wait_until("more sign-ups acknowledged", secs(20), || {
+        signups.acknowledged().len() >= signups.before_kill + 2
+    })
+    .await;
+    let before_kill = signups.before_kill;
+    let acknowledged = signups.stop();
+    assert_eq!(
+        without_volatile(export(&server, &cookie).await),
+        without_volatile(export_before),
+        "the host's data changed across the restart"
+    );
+    for (n, (email, account)) in acknowledged.iter().enumerate() {
+        let link = veil_accounts::mail::latest_link(
+            &dir.join("outbox"),
+            account,
+            veil_accounts::mail::Purpose::Verify,
+        )
+        .expect("verification mail");
+        let token = link.rsplit_once('#').expect("fragment").1;
+        // From an address of its own, as each person would click their link.
+        let verified = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 9, n as u8 + 1)))
+            .post(format!("{server}/api/accounts/verify"))
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .expect("verify");
+        assert!(
+            verified.status().is_success(),
+            "acknowledged sign-up {email} lost: {}",
+            verified.status()
+        );
+    }
+    println!(
+        "{} acknowledged sign-ups ({before_kill} before the kill), all kept",
+        acknowledged.len()
+    );
+    // An ended meeting stays ended after a restart.
+    let ender = people
+        .iter()
+        .find(|(i, _)| *i == 0)
+        .map(|(_, p)| p)
+        .expect("host of room 0");
+    ender.end_meeting();
+    wait_until("the meeting ends", secs(10), || {
+        people
+            .iter()
+            .filter(|(i, _)| *i == 0)
+            .all(|(_, p)| p.closed().is_some())
+    })
+    .await;
+    let ended = reqwest::Client::new()
+        .post(format!("{server}/api/rooms/{}/join", hosts[0].0))
+        .json(&serde_json::json!({ "display_name": "Late" }))
+        .send()
+        .await
+        .expect("join ended");
+    assert_eq!(ended.status(), 404);
+
     for (_, p) in people {
         p.leave().await;
     }
     drop(node_procs);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The account's export, as JSON.
+async fn export(server: &str, cookie: &str) -> Value {
+    let res = reqwest::Client::new()
+        .get(format!("{server}/api/account/export"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("export");
+    assert!(res.status().is_success(), "export: {}", res.status());
+    res.json().await.expect("export json")
+}
+
+/// An export without what changes by merely looking (its time, the session's last use).
+fn without_volatile(mut export: Value) -> Value {
+    if let Some(map) = export.as_object_mut() {
+        map.remove("exported_at");
+    }
+    if let Some(sessions) = export["sessions"].as_array_mut() {
+        for s in sessions {
+            if let Some(map) = s.as_object_mut() {
+                map.remove("last_seen_at");
+            }
+        }
+    }
+    export
+}
+
+/// An HTTP client whose requests come from `from` (any 127.0.0.0/8 address is local).
+fn client_from(from: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(from)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// Sign-ups streaming in from many loopback addresses (the per-address limit would
+/// otherwise stop them), each acknowledged one remembered as (e-mail, account id).
+struct SignUps {
+    done: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+    before_kill: usize,
+}
+
+impl SignUps {
+    fn start(server: &str) -> SignUps {
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let done = done.clone();
+            let server = server.to_string();
+            async move {
+                for n in 0u32.. {
+                    let from = IpAddr::V4(Ipv4Addr::new(
+                        127,
+                        0,
+                        1 + (n / 250) as u8,
+                        (n % 250 + 1) as u8,
+                    ));
+                    let client = client_from(from);
+                    let email = format!("signup{n}@example.org");
+                    let res = client
+                        .post(format!("{server}/api/accounts"))
+                        .json(&serde_json::json!({
+                            "email": email,
+                            "display_name": format!("Person {n}"),
+                            "password": "a long enough passphrase",
+                            "age_confirmed": true,
+                            "accept_policy": true,
+                        }))
+                        .send()
+                        .await;
+                    match res {
+                        Ok(res) if res.status() == 201 => {
+                            if let Ok(body) = res.json::<Value>().await
+                                && let Some(account) = body["account"].as_str()
+                            {
+                                done.lock()
+                                    .expect("lock")
+                                    .push((email, account.to_string()));
+                            }
+                        }
+                        // Refused while signaling is down: not acknowledged, not counted.
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        SignUps {
+            done,
+            task,
+            before_kill: 0,
+        }
+    }
+
+    fn acknowledged(&self) -> Vec<(String, String)> {
+        self.done.lock().expect("lock").clone()
+    }
+
+    fn stop(self) -> Vec<(String, String)> {
+        self.task.abort();
+        self.acknowledged()
+    }
 }

@@ -130,7 +130,7 @@ async function join(displayName) {
     body: JSON.stringify(body),
   });
   const reply = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(reply.message || `could not join (${res.status})`);
+  if (!res.ok) throw Object.assign(new Error(reply.message || `could not join (${res.status})`), { status: res.status });
   state.wsPath = reply.ws || '/ws';
   openSocket({ type: 'join', grant: reply.grant });
 }
@@ -178,8 +178,10 @@ async function restart() {
   resetRoom();
   try {
     await join($('display-name').value.trim());
-  } catch {
-    reconnect();
+  } catch (e) {
+    // Gone for good (ended, expired): say so instead of retrying forever.
+    if (e.status === 404) end('This meeting has ended or no longer exists.');
+    else reconnect();
   }
 }
 

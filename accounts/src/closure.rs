@@ -55,6 +55,8 @@ impl Accounts {
             "DELETE FROM sessions WHERE account_id = $1",
             // Links in flight would otherwise still act on a closed account.
             "DELETE FROM email_tokens WHERE account_id = $1",
+            // Its meetings end with it; signaling's closure hook tells the people in them.
+            "DELETE FROM hosted_rooms WHERE account_id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await?;
         }

@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod closure;
 pub mod deadline;
+pub mod hosting;
 pub mod http;
 pub mod mail;
 pub mod password;

@@ -110,6 +110,9 @@ pub struct Export {
     pub sessions: Vec<SessionRecord>,
     pub pending_links: Vec<PendingLink>,
     pub usage: Vec<UsageRecord>,
+    /// Meetings the account created that are still open.
+    #[serde(default)]
+    pub hosted_rooms: Vec<crate::hosting::HostedRoomRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -391,6 +394,7 @@ impl Accounts {
             sessions,
             pending_links,
             usage,
+            hosted_rooms: self.hosted_rooms_of(id).await?,
         })
     }
 

@@ -21,6 +21,7 @@ use crate::{AccountError, Accounts};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PurgeStep {
     Claim,
+    HostedRooms,
     Usage,
     Sessions,
     EmailTokens,
@@ -31,8 +32,9 @@ pub enum PurgeStep {
 }
 
 impl PurgeStep {
-    pub const ALL: [PurgeStep; 8] = [
+    pub const ALL: [PurgeStep; 9] = [
         PurgeStep::Claim,
+        PurgeStep::HostedRooms,
         PurgeStep::Usage,
         PurgeStep::Sessions,
         PurgeStep::EmailTokens,
@@ -78,7 +80,11 @@ enum Kind {
 }
 
 /// Tables that link to an account, with the step that empties each.
-const LINKED: [(PurgeStep, &str); 5] = [
+const LINKED: [(PurgeStep, &str); 6] = [
+    (
+        PurgeStep::HostedRooms,
+        "DELETE FROM hosted_rooms WHERE account_id = $1",
+    ),
     (
         PurgeStep::Usage,
         "DELETE FROM usage_records WHERE account_id = $1",

@@ -29,11 +29,18 @@ pub enum StoreError {
 }
 
 /// Schema migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "accounts",
-    include_str!("../migrations/0001_accounts.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "accounts",
+        include_str!("../migrations/0001_accounts.sql"),
+    ),
+    (
+        2,
+        "hosted_rooms",
+        include_str!("../migrations/0002_hosted_rooms.sql"),
+    ),
+];
 
 /// A connection pool with its backend.
 #[derive(Clone, Debug)]

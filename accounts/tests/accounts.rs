@@ -156,6 +156,11 @@ on_both_databases!(sign_up_to_export_to_purge, |env: Env| async move {
         rtt_seconds: Some(0.042),
     };
     accounts.record_usage(&id, &meeting).await.expect("usage");
+    let hour = std::time::Duration::from_secs(3600);
+    accounts
+        .record_hosted_room("room-of-ann", "host-key-of-ann", &id, hour)
+        .await
+        .expect("hosted room");
 
     // The export holds every stored value of the person's rows (secrets' hashes aside).
     let export = accounts.export(&session).await.expect("export");
@@ -171,7 +176,14 @@ on_both_databases!(sign_up_to_export_to_purge, |env: Env| async move {
     let exported: Value = serde_json::from_str(&text).expect("export json");
     let mut strings = Vec::new();
     collect_scalars(&exported, &mut strings);
-    let secret_columns = ["password_hash", "token_hash", "id_hash"];
+    let secret_columns = [
+        "password_hash",
+        "token_hash",
+        "id_hash",
+        "room_hash",
+        "host_key_hash",
+    ];
+    assert_eq!(export.hosted_rooms.len(), 1);
     let pool = accounts.store.pool();
     for (table, key) in [
         ("accounts", "id"),
@@ -179,6 +191,7 @@ on_both_databases!(sign_up_to_export_to_purge, |env: Env| async move {
         ("email_tokens", "account_id"),
         ("sessions", "account_id"),
         ("usage_records", "account_id"),
+        ("hosted_rooms", "account_id"),
     ] {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM {table} WHERE {key} = $1"
@@ -240,6 +253,11 @@ on_both_databases!(sign_up_to_export_to_purge, |env: Env| async move {
         accounts.export(&session).await,
         Err(AccountError::Unauthenticated)
     ));
+    // Its meetings end with it: a restarted signaling would not bring them back.
+    assert_eq!(
+        accounts.hosted_room("room-of-ann").await.expect("lookup"),
+        None
+    );
     let due = accounts.list_due().await.expect("due");
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].account_id, id);
@@ -325,6 +343,58 @@ fn collect_scalars(v: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+on_both_databases!(
+    hosted_rooms_last_until_they_end_or_expire,
+    |env: Env| async move {
+        let accounts = &env.accounts;
+        let host = env.verified("host@example.org", "Host", PASSWORD).await;
+        let hour = std::time::Duration::from_secs(3600);
+        accounts
+            .record_hosted_room("room-a", "key-a", &host, hour)
+            .await
+            .expect("record a");
+        accounts
+            .record_hosted_room("room-b", "key-b", &host, 2 * hour)
+            .await
+            .expect("record b");
+        let a = accounts
+            .hosted_room("room-a")
+            .await
+            .expect("lookup")
+            .expect("room a is open");
+        assert_eq!(a.account_id, host);
+        assert_eq!(a.host_key_hash, veil_accounts::token::hashed("key-a"));
+        assert_eq!(a.expires_at, a.created_at + SignedDuration::from_hours(1));
+        assert_eq!(accounts.hosted_room("room-c").await.expect("lookup"), None);
+        // Only hashes are stored: neither the room id nor the host key is in any table.
+        for needle in ["room-a", "key-a", "room-b", "key-b"] {
+            assert!(traces(&accounts.store, needle).await.is_empty(), "{needle}");
+        }
+        // Ended by its host: gone.
+        accounts.forget_hosted_room("room-a").await.expect("forget");
+        assert_eq!(accounts.hosted_room("room-a").await.expect("lookup"), None);
+        // Expired: not found, and swept at the next creation.
+        env.clock.advance(SignedDuration::from_mins(121));
+        assert_eq!(accounts.hosted_room("room-b").await.expect("lookup"), None);
+        accounts
+            .record_hosted_room("room-c", "key-c", &host, hour)
+            .await
+            .expect("record c");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosted_rooms")
+            .fetch_one(accounts.store.pool())
+            .await
+            .expect("count");
+        assert_eq!(rows, 1, "the expired room was swept");
+        assert!(
+            accounts
+                .hosted_room("room-c")
+                .await
+                .expect("lookup")
+                .is_some()
+        );
+    }
+);
 
 on_both_databases!(refused_sign_ups_store_nothing, |env: Env| async move {
     let accounts = &env.accounts;

@@ -2,7 +2,7 @@
 //! `{"error": code, "message": text}` with a fitting status, and count it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -131,6 +131,23 @@ pub async fn create_room(
     };
     match state.rooms.create(Instant::now(), Some(&account)) {
         Ok(created) => {
+            // Stored before it is handed out, so a restart cannot lose a meeting
+            // someone already has the link to.
+            let ttl = Duration::from_secs(state.config.room_ttl_secs);
+            if let Err(e) = state
+                .accounts
+                .record_hosted_room(&created.room, &created.host_key, &account, ttl)
+                .await
+            {
+                state.rooms.forget(&created.room);
+                let err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.code(),
+                    "the meeting could not be stored; try again later",
+                );
+                count(&state, "create_room", err.status, Some(err.code));
+                return Err(err);
+            }
             state.metrics.rooms_created.inc();
             count(&state, "create_room", StatusCode::CREATED, None);
             let body = RoomCreated {
@@ -178,13 +195,14 @@ pub async fn join_room(
         .await
         .ok()
         .map(|s| s.account_id);
-    let result = join(&state, &room, account.as_deref(), &body);
+    let result = join(&state, &room, account.as_deref(), &body).await;
     match &result {
         Ok(_) => count(&state, "join_room", StatusCode::OK, None),
         Err(e) => {
             let reason = match e.status {
                 StatusCode::NOT_FOUND => "not_found",
                 StatusCode::FORBIDDEN => "not_host",
+                StatusCode::SERVICE_UNAVAILABLE => e.code,
                 _ => "bad_request",
             };
             count(&state, "join_room", e.status, Some(reason));
@@ -193,7 +211,40 @@ pub async fn join_room(
     result.map(Json)
 }
 
-fn join(
+/// Brings back a room the database still holds (this process started after it was
+/// created); whether there was one.
+async fn restore(state: &Signaling, room: &str) -> Result<bool, ApiError> {
+    let stored = state.accounts.hosted_room(room).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.code(),
+            "meetings cannot be looked up right now; try again later",
+        )
+    })?;
+    let Some(stored) = stored else {
+        return Ok(false);
+    };
+    // The room's age in this process's monotonic clock, for its TTL.
+    let age = state.accounts.now().duration_since(stored.created_at);
+    let age = if age.is_negative() {
+        Duration::ZERO
+    } else {
+        age.unsigned_abs()
+    };
+    let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    state
+        .rooms
+        .restore(
+            room,
+            stored.host_key_hash,
+            Some(&stored.account_id),
+            created,
+        )
+        .map_err(from_room_error)?;
+    Ok(true)
+}
+
+async fn join(
     state: &Signaling,
     room: &str,
     account: Option<&str>,
@@ -216,16 +267,20 @@ fn join(
             "a display name is 1 to 64 characters without control characters",
         )
     })?;
-    let participant = state
-        .rooms
-        .join(
+    let admit = || {
+        state.rooms.join(
             room,
             &name,
             request.host_key.as_deref(),
             account,
             Instant::now(),
         )
-        .map_err(from_room_error)?;
+    };
+    let participant = match admit() {
+        Err(RoomError::NotFound) if restore(state, room).await? => admit(),
+        other => other,
+    }
+    .map_err(from_room_error)?;
     let grant = state.signer.sign(&Grant {
         room: room.to_string(),
         participant: participant.clone(),

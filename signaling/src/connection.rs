@@ -444,8 +444,15 @@ where
             let Some(j) = joined.as_ref() else {
                 return not_joined(state, sink).await;
             };
-            if let Err(e) = state.rooms.end_meeting(&j.room, &j.participant) {
-                host_refusal(state, sink, e).await?;
+            match state.rooms.end_meeting(&j.room, &j.participant) {
+                Ok(()) => {
+                    // Ended for good: a restarted signaling must not bring it back. Should
+                    // this fail, the stored room still expires with its TTL.
+                    if let Err(e) = state.accounts.forget_hosted_room(&j.room).await {
+                        tracing::warn!(error = e.code(), "could not forget an ended meeting");
+                    }
+                }
+                Err(e) => host_refusal(state, sink, e).await?,
             }
             // The host's own connection hears `closed` through its room channel too.
             Ok(Next::Continue)

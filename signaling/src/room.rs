@@ -21,10 +21,9 @@ use veil_sfu::CloseReason;
 /// is dropped rather than buffered without bound.
 pub const ROOM_QUEUE: usize = 1024;
 
-fn key_hash(key: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref());
-    out
+/// SHA-256 of a host key, hex: what is kept of it, here and in the database.
+fn key_hash(key: &str) -> String {
+    veil_accounts::token::hashed(key)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,7 +63,7 @@ struct RoomRecord {
     /// The account that created the room; its closure ends the meeting.
     owner: Option<String>,
     /// SHA-256 of the host key; the key itself is only ever with the creator.
-    host_key: [u8; 32],
+    host_key: String,
     /// participant id → member, for the participant list and the relay.
     participants: HashMap<String, Member>,
 }
@@ -159,6 +158,39 @@ impl RoomDirectory {
             },
         );
         Ok(CreatedRoom { room: id, host_key })
+    }
+
+    /// Brings back a room this process does not know but the database does (signaling
+    /// restarted while its meeting went on), with nobody in it yet.
+    pub fn restore(
+        &self,
+        room: &str,
+        host_key_hash: String,
+        owner: Option<&str>,
+        created: Instant,
+    ) -> Result<(), RoomError> {
+        let mut rooms = self.rooms();
+        if rooms.contains_key(room) {
+            return Ok(());
+        }
+        if rooms.len() >= self.max_rooms {
+            return Err(RoomError::Full);
+        }
+        rooms.insert(
+            room.to_string(),
+            RoomRecord {
+                created,
+                owner: owner.map(str::to_string),
+                host_key: host_key_hash,
+                participants: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a room that was never handed out (its creation could not be stored).
+    pub fn forget(&self, room: &str) {
+        self.rooms().remove(room);
     }
 
     /// Admits a new participant id into an existing, unexpired room; with the room's
@@ -437,6 +469,59 @@ mod tests {
             dir.join("nope", "X", None, None, t0),
             Err(RoomError::NotFound)
         );
+    }
+
+    #[test]
+    fn a_restored_room_keeps_its_host_key_owner_and_age() {
+        let t0 = Instant::now();
+        let before = RoomDirectory::new(10, 10, Duration::from_secs(60));
+        let created = before.create(t0, Some("acct")).unwrap();
+        // A new process: the room comes back from its stored hashes only.
+        let after = RoomDirectory::new(1, 10, Duration::from_secs(60));
+        assert_eq!(
+            after.join(&created.room, "Ann", None, None, t0),
+            Err(RoomError::NotFound)
+        );
+        let stored_hash = key_hash(&created.host_key);
+        after
+            .restore(&created.room, stored_hash.clone(), Some("acct"), t0)
+            .unwrap();
+        // Restoring twice (two joins racing) keeps one room.
+        after
+            .restore(&created.room, stored_hash, Some("acct"), t0)
+            .unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(
+            after.restore("other", key_hash("k"), None, t0),
+            Err(RoomError::Full)
+        );
+        assert_eq!(
+            after.join(&created.room, "Eve", Some("guess"), None, t0),
+            Err(RoomError::NotHost)
+        );
+        let host = after
+            .join(&created.room, "Host", Some(&created.host_key), None, t0)
+            .unwrap();
+        let guest = after.join(&created.room, "Bo", None, None, t0).unwrap();
+        assert_eq!(
+            after.end_meeting(&created.room, &guest),
+            Err(RoomError::NotHost)
+        );
+        assert!(after.end_meeting(&created.room, &host).is_ok());
+        // Its age came along: it expires when the original would have.
+        after
+            .restore(&created.room, key_hash(&created.host_key), Some("acct"), t0)
+            .unwrap();
+        assert_eq!(after.end_meetings_of("acct"), 1);
+        let old = RoomDirectory::new(10, 10, Duration::from_secs(60));
+        old.restore("r", key_hash("k"), None, t0).unwrap();
+        assert_eq!(
+            old.join("r", "Late", None, None, t0 + Duration::from_secs(61)),
+            Err(RoomError::NotFound)
+        );
+        // A room whose creation could not be stored is forgotten.
+        before.forget(&created.room);
+        assert!(before.is_empty());
     }
 
     #[test]

@@ -89,27 +89,40 @@ export async function freeUdpPort() {
   return port;
 }
 
-/** Starts the all-in-one `veil` with its data (SQLite, outbox) in `dir`. */
+/**
+ * Starts the all-in-one `veil` with its data (SQLite, outbox) in `dir`. `kill()` ends it
+ * the hard way (SIGKILL); `start()` starts it again on the same ports with the same data.
+ */
 export async function startVeil(dir) {
-  const http = await freeTcpPort();
-  const media = await freeUdpPort();
-  const out = [];
+  const veil = { dir, http: await freeTcpPort(), media: await freeUdpPort(), out: [] };
+  veil.base = `http://127.0.0.1:${veil.http}`;
+  veil.output = () => Buffer.concat(veil.out).toString();
+  veil.kill = async () => {
+    veil.child.kill('SIGKILL');
+    await veil.exited;
+  };
+  veil.start = () => launch(veil);
+  await launch(veil);
+  return veil;
+}
+
+async function launch(veil) {
   const child = spawn(VEIL_BIN, [], {
-    cwd: dir,
-    env: { ...process.env, VEIL_HTTP_ADDR: `127.0.0.1:${http}`, VEIL_MEDIA_ADDR: `127.0.0.1:${media}`, VEIL_LOG: 'info' },
+    cwd: veil.dir,
+    env: { ...process.env, VEIL_HTTP_ADDR: `127.0.0.1:${veil.http}`, VEIL_MEDIA_ADDR: `127.0.0.1:${veil.media}`, VEIL_LOG: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout.on('data', (d) => out.push(d));
-  child.stderr.on('data', (d) => out.push(d));
+  child.stdout.on('data', (d) => veil.out.push(d));
+  child.stderr.on('data', (d) => veil.out.push(d));
   const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-  const base = `http://127.0.0.1:${http}`;
+  veil.child = child;
+  veil.exited = exited;
   await waitFor('veil answers /healthz', async () => {
     const state = await Promise.race([exited, sleep(0).then(() => null)]);
     if (state) throw new Error(`veil exited early (${fmt(state)})`);
-    const res = await fetch(`${base}/healthz`);
+    const res = await fetch(`${veil.base}/healthz`);
     return res.ok;
   }, 30_000, 100);
-  return { base, dir, child, exited, output: () => Buffer.concat(out).toString() };
 }
 
 // --- Mail -------------------------------------------------------------------------------------
