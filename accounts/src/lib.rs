@@ -7,7 +7,8 @@
 //! person past the purge deadline, except identifier-free daily aggregates (`rollup`).
 //!
 //! The HTTP surface (`http`) is mounted by the signaling service; `Accounts` is the
-//! state it shares with signaling, which asks it who may host a meeting.
+//! state it shares with signaling, which asks it who may host a meeting and keeps the
+//! meetings an account hosts here (`hosting`, as hashes) so that they outlive a restart.
 
 pub mod clock;
 pub mod closure;
