@@ -64,6 +64,9 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
   echo "installing: cargo-deny"
   cargo install --locked --quiet cargo-deny
 fi
+# cargo deny reads the metadata of every platform's crates; a build fetches only this
+# platform's, so fetch the rest from the registry first.
+cargo fetch --locked --quiet
 cargo deny --offline check licenses bans sources
 
 step "web client tests (node)"
