@@ -7,7 +7,7 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -102,6 +102,8 @@ const FLOOD: usize = 300;
 async fn idle_sockets_that_never_join_are_closed_after_the_join_timeout() {
     let mut config = test_config();
     config.signaling.join_timeout_secs = 2;
+    // The join timeout alone; the per-address cap has a test of its own.
+    config.signaling.max_sockets_per_address = 0;
     let veil = veil::start(&config).await.expect("start veil");
     let room = new_room(&veil);
     let mut pair = Pair::join(&veil, &room).await;
@@ -128,6 +130,93 @@ async fn idle_sockets_that_never_join_are_closed_after_the_join_timeout() {
     pair.round_trip("after the idle sockets were closed").await;
     wait_until("the idle connections to be gone", secs(10), || {
         veil.metrics.render().contains("veil_ws_connections 2\n")
+    })
+    .await;
+    veil.stop().await.expect("stop");
+}
+
+/// A WebSocket opened from `from` (any 127.0.0.0/8 address is this machine).
+async fn socket_from(
+    veil: &veil::Running,
+    from: Ipv4Addr,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind");
+    let stream = socket.connect(veil.http_addr).await.expect("connect");
+    tokio_tungstenite::client_async(ws_url(veil).as_str(), stream)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_no_more_sockets_than_its_cap() {
+    const CAP: usize = 20;
+    let mut config = test_config();
+    config.signaling.max_sockets_per_address = CAP;
+    let veil = veil::start(&config).await.expect("start veil");
+    let room = new_room(&veil);
+    let mut pair = Pair::join(&veil, &room).await;
+    let attacker = Ipv4Addr::new(127, 0, 0, 66);
+
+    let mut held = Vec::with_capacity(CAP);
+    for _ in 0..CAP {
+        held.push(socket_from(&veil, attacker).await.expect("within the cap"));
+    }
+    // One more is refused before the upgrade, with the API's typed error.
+    match socket_from(&veil, attacker).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+            let body: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .expect("json error");
+            assert_eq!(body["error"], "too_many_connections");
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| "a socket")),
+    }
+    assert_eq!(errors(&veil, "too_many_connections"), 1);
+    // Everyone else is unaffected: the pair (another address) keeps its round trips
+    // and a newcomer from yet another address joins.
+    pair.round_trip("while one address holds its cap").await;
+    let mut newcomer = socket_from(&veil, Ipv4Addr::new(127, 0, 0, 67))
+        .await
+        .expect("another address");
+    let (participant, grant, _) = request_grant(&participant(&veil, &room, "Cy"))
+        .await
+        .expect("grant");
+    newcomer
+        .send(Message::text(
+            json!({"type": "join", "grant": grant}).to_string(),
+        ))
+        .await
+        .expect("send join");
+    let joined = within("the newcomer joins", secs(10), async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = newcomer.next().await {
+                let v: Value = serde_json::from_str(t.as_str()).expect("json");
+                if v["type"] == "joined" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(joined["participant"], participant.as_str());
+    // A socket closed gives its place back.
+    drop(held.pop());
+    wait_until("the closed socket's place to be free", secs(10), || {
+        veil.signaling.sockets.open_from(IpAddr::V4(attacker)) == CAP - 1
+    })
+    .await;
+    held.push(socket_from(&veil, attacker).await.expect("a place again"));
+    drop(held);
+    wait_until("the address to be forgotten", secs(10), || {
+        veil.signaling.sockets.open_from(IpAddr::V4(attacker)) == 0
     })
     .await;
     veil.stop().await.expect("stop");

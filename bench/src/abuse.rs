@@ -300,14 +300,40 @@ async fn run_attack(attack: Attack, target: &Target, tally: &Tally) -> Result<()
     match attack {
         Attack::Baseline => std::future::pending().await,
         Attack::IdleFlood => {
+            // From an address of its own, as a flooding machine would be: its refusals
+            // (the per-address cap) must not touch the well-behaved client.
+            let from = std::net::SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), 0));
+            let to: std::net::SocketAddr = target
+                .server
+                .trim_start_matches("http://")
+                .parse()
+                .map_err(|_| AbuseError::WebSocket(format!("not host:port: {}", target.server)))?;
             let mut held = Vec::with_capacity(IDLE_SOCKETS);
             while held.len() < IDLE_SOCKETS {
-                match tokio_tungstenite::connect_async(target.ws_url().as_str()).await {
-                    Ok((ws, _)) => {
+                let socket = tokio::net::TcpSocket::new_v4()
+                    .and_then(|s| s.bind(from).map(|()| s))
+                    .map_err(|e| AbuseError::WebSocket(e.to_string()))?;
+                let opened = match socket.connect(to).await {
+                    Ok(stream) => tokio_tungstenite::client_async(target.ws_url(), stream)
+                        .await
+                        .map(|(ws, _)| ws)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match opened {
+                    Ok(ws) => {
                         tally.add("opened");
                         held.push(ws);
                     }
-                    Err(_) => tally.add("refused"),
+                    Err(e) => {
+                        tally.add(if e.contains("429") {
+                            "refused: 429 too_many_connections"
+                        } else {
+                            "failed"
+                        });
+                        // Retry as a patient attacker would, not in a tight loop.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
             std::future::pending().await

@@ -38,6 +38,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "rooms_full",
     "join_timeout",
     "slow_client",
+    "too_many_connections",
     // Accounts API.
     "invalid_body",
     "invalid_email",

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::debug;
+use veil_accounts::http::ClientIp;
 use veil_metrics::ConnectionRecord;
 use veil_sfu::grant::Grant;
 use veil_sfu::{CloseReason, SessionId, SessionRequest, SfuSignal};
@@ -22,10 +23,31 @@ use crate::quota::{MessageQuota, Verdict};
 use crate::room::{ROOM_QUEUE, RoomError};
 
 /// `GET /ws`
-pub async fn upgrade(State(state): State<Arc<Signaling>>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<Arc<Signaling>>,
+    ClientIp(ip): ClientIp,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(permit) = state.sockets.try_open(ip) else {
+        state.metrics.error("too_many_connections");
+        let refusal = crate::api::ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "this address has too many connections open; close some and try again",
+        );
+        let mut response = refusal.into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("10"),
+        );
+        return response;
+    };
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| run(socket, state))
+        .on_upgrade(move |socket| async move {
+            run(socket, state).await;
+            drop(permit);
+        })
 }
 
 pub struct Joined {

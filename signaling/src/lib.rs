@@ -48,6 +48,10 @@ pub struct SignalingConfig {
     /// A WebSocket that has not joined (or resumed) this long after opening is closed
     /// with a `join_timeout` error, so idle sockets cannot pile up.
     pub join_timeout_secs: u64,
+    /// WebSockets one client address (IPv4, or IPv6 /64) may hold open at once; more
+    /// are refused with 429 `too_many_connections`. 0 = no cap (behind a reverse proxy,
+    /// where every client has the proxy's address, cap at the proxy instead).
+    pub max_sockets_per_address: usize,
 }
 
 impl Default for SignalingConfig {
@@ -62,6 +66,7 @@ impl Default for SignalingConfig {
             node_fingerprints: Vec::new(),
             identity_dir: "data/signaling-link".into(),
             join_timeout_secs: 10,
+            max_sockets_per_address: 100,
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct Signaling {
     pub metrics: Arc<Metrics>,
     /// Participants whose WebSocket dropped, waiting to resume.
     pub resumes: connection::Resumes,
+    /// Open WebSockets per client address.
+    pub sockets: quota::SocketQuota,
     /// Who may create meetings, and where usage records go.
     pub accounts: Arc<Accounts>,
 }
@@ -92,6 +99,7 @@ impl Signaling {
             config.max_participants_per_room,
             Duration::from_secs(config.room_ttl_secs),
         );
+        let sockets = quota::SocketQuota::new(config.max_sockets_per_address);
         let signaling = Arc::new(Signaling {
             config,
             signer,
@@ -99,6 +107,7 @@ impl Signaling {
             sfu,
             metrics,
             resumes: connection::Resumes::default(),
+            sockets,
             accounts,
         });
         // A closed account's meetings end with it (P4: closure is immediate).
