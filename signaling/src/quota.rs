@@ -97,12 +97,15 @@ mod tests {
 /// usually holds a whole /64). Addresses are kept only while they have a socket open.
 pub struct SocketQuota {
     max: usize,
-    open: Arc<Mutex<HashMap<u128, usize>>>,
+    open: OpenSockets,
 }
+
+/// Open sockets by address group; shared with the permits that give them back.
+type OpenSockets = Arc<Mutex<HashMap<u128, usize>>>;
 
 /// One open socket's place in its address's count; given back when dropped.
 pub struct SocketPermit {
-    slot: Option<(Arc<Mutex<HashMap<u128, usize>>>, u128)>,
+    slot: Option<(OpenSockets, u128)>,
 }
 
 /// The address already holds as many sockets as allowed.
