@@ -74,7 +74,9 @@ impl Attack {
     pub fn describe(self) -> &'static str {
         match self {
             Attack::Baseline => "no attack",
-            Attack::IdleFlood => "500 WebSockets opened and held without a join",
+            Attack::IdleFlood => {
+                "WebSockets opened from one address and held without a join (up to 500)"
+            }
             Attack::SlowReader => {
                 "a member that never reads, 8 members sending it 16 KiB blobs, a new one each second"
             }
