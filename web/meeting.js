@@ -137,6 +137,8 @@ async function join(displayName) {
 
 function openSocket(first) {
   const ws = new WebSocket(wsUrl(state.wsPath));
+  // A socket replaced is closed, so the server lets its participant go.
+  if (state.ws && state.ws !== ws) state.ws.close();
   state.ws = ws;
   ws.addEventListener('open', () => ws.send(JSON.stringify(first)));
   ws.addEventListener('message', (ev) => {
@@ -174,6 +176,11 @@ function reconnect() {
 
 async function restart() {
   state.resume = null;
+  // Let go of the refused socket first: its close must not start a second rejoin while
+  // this one waits for its grant (that would leave a ghost participant behind).
+  const old = state.ws;
+  state.ws = null;
+  if (old) old.close();
   closePeerConnection();
   resetRoom();
   try {
@@ -688,20 +695,20 @@ async function main() {
   });
   $('camera').addEventListener('change', () => openDevices().catch((e) => status(e.message)));
   $('microphone').addEventListener('change', () => openDevices().catch((e) => status(e.message)));
-  try {
-    await openDevices();
-  } catch (e) {
-    status(`Camera or microphone unavailable: ${e.message}`);
-  }
+  const devices = openDevices().catch((e) => status(`Camera or microphone unavailable: ${e.message}`));
+  // Listening before the devices are open: a quick Join must not submit the form natively
+  // (a navigation that would lose the key in the fragment).
   $('join-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const name = $('display-name').value.trim();
     if (!name) return;
+    $('join').disabled = true;
+    await devices;
     if (!state.local) {
       status('A camera and microphone are needed to join.');
+      $('join').disabled = false;
       return;
     }
-    $('join').disabled = true;
     try {
       await join(name);
       $('prejoin').hidden = true;
