@@ -19,7 +19,7 @@ use crate::report::{
     GeneratorCost, ParticipantSnapshot, Percentiles, Report, RunTotals, ScenarioSummary,
     ServerCost, TrackSnapshot, window,
 };
-use crate::soak::{ChurnSummary, Phase, Sample, Sampler, SoakPlan, SoakReport, judge};
+use crate::soak::{ChurnSummary, CsvLog, Phase, Sample, Sampler, SoakPlan, SoakReport, judge};
 use crate::usage::{self, CpuScope, Memory, UsageError};
 
 /// Name prefix of the in-process Veil's runtime threads.
@@ -655,6 +655,16 @@ async fn settle(
     }
 }
 
+/// A meeting under way, as churn changes it: who is in it and, aligned with them, what
+/// each one's share of the window starts from.
+struct Meeting<'a> {
+    scenario: &'a Scenario,
+    target: &'a VeilTarget,
+    rooms: &'a [String],
+    members: &'a mut Vec<Member>,
+    start: &'a mut Vec<ParticipantSnapshot>,
+}
+
 /// Replaces one participant at a time, round robin over the rooms, keeping the
 /// meeting's size: the longest-present member of the next room goes (alternately with
 /// a `leave` and by vanishing) and a fresh one joins in its place.
@@ -681,27 +691,21 @@ impl Churner {
     }
 
     /// One tick: a member goes (unless an earlier replacement still has to join), then
-    /// the oldest vacancy is filled. `start` stays aligned with `members`.
-    async fn tick(
-        &mut self,
-        scenario: &Scenario,
-        target: &VeilTarget,
-        rooms: &[String],
-        members: &mut Vec<Member>,
-        start: &mut Vec<ParticipantSnapshot>,
-    ) {
-        if self.vacancies.is_empty() && !rooms.is_empty() {
-            let room = self.next_room % rooms.len();
+    /// the oldest vacancy is filled.
+    async fn tick(&mut self, meeting: &mut Meeting<'_>) {
+        if self.vacancies.is_empty() && !meeting.rooms.is_empty() {
+            let room = self.next_room % meeting.rooms.len();
             self.next_room += 1;
-            let oldest = members
+            let oldest = meeting
+                .members
                 .iter()
                 .enumerate()
                 .filter(|(_, m)| m.room == room)
                 .min_by_key(|(_, m)| m.join_started)
                 .map(|(i, _)| i);
             if let Some(i) = oldest {
-                let gone = members.remove(i);
-                start.remove(i);
+                let gone = meeting.members.remove(i);
+                meeting.start.remove(i);
                 if !gone.participant.received().iter().any(|t| t.packets > 0) {
                     self.summary.departed_without_media += 1;
                 }
@@ -718,36 +722,35 @@ impl Churner {
                 }
             }
         }
-        self.fill(scenario, target, rooms, members, start).await;
+        self.fill(meeting).await;
     }
 
     /// Tries once to fill the oldest vacancy; a failed join leaves it for the next try.
-    async fn fill(
-        &mut self,
-        scenario: &Scenario,
-        target: &VeilTarget,
-        rooms: &[String],
-        members: &mut Vec<Member>,
-        start: &mut Vec<ParticipantSnapshot>,
-    ) {
+    async fn fill(&mut self, meeting: &mut Meeting<'_>) {
         let Some(&(room, index_in_room)) = self.vacancies.front() else {
             return;
         };
-        let Some(room_id) = rooms.get(room) else {
+        let Some(room_id) = meeting.rooms.get(room) else {
             return;
         };
-        let config = member_config(scenario, target, room_id, room, index_in_room);
+        let config = member_config(
+            meeting.scenario,
+            meeting.target,
+            room_id,
+            room,
+            index_in_room,
+        );
         let join_started = Instant::now();
         match tokio::time::timeout(Self::JOIN_TIMEOUT, Participant::join(config)).await {
             Ok(Ok(participant)) => {
-                members.push(Member {
+                meeting.members.push(Member {
                     participant,
                     room,
                     index_in_room,
                     join_started,
                 });
                 // Everything it receives arrives inside the window.
-                start.push(ParticipantSnapshot::default());
+                meeting.start.push(ParticipantSnapshot::default());
                 self.vacancies.pop_front();
                 self.summary.cycles += 1;
             }
@@ -766,29 +769,26 @@ impl Churner {
 /// The steady-state window of a soak: samples every `plan.sample_every` and, when the
 /// plan churns, one replacement every `churn_every`.
 async fn soak_window(
-    scenario: &Scenario,
-    target: &VeilTarget,
+    meeting: &mut Meeting<'_>,
     plan: &SoakPlan,
-    rooms: &[String],
-    members: &mut Vec<Member>,
-    start: &mut Vec<ParticipantSnapshot>,
     progress: &dyn Progress,
 ) -> (Sampler, Vec<Sample>, Option<Churner>) {
     let began = Instant::now();
-    let end_at = began + scenario.duration;
-    let sampler = Sampler::new(target.memory_pid, &target.server, began);
+    let end_at = began + meeting.scenario.duration;
+    let sampler = Sampler::new(meeting.target.memory_pid, &meeting.target.server, began);
     let mut churner = plan.churn_every.map(Churner::new);
     let mut next_churn = plan.churn_every.map(|every| began + every);
     let sample_every = plan.sample_every.max(Duration::from_millis(100));
     let mut next_sample = began;
     let mut samples = Vec::new();
+    let mut log = CsvLog::create(plan.samples_file.as_deref());
     progress.phase(
         if churner.is_some() {
             "soak: churning"
         } else {
             "soak"
         },
-        scenario.duration.as_secs().max(1),
+        meeting.scenario.duration.as_secs().max(1),
     );
     loop {
         let now = Instant::now();
@@ -797,7 +797,9 @@ async fn soak_window(
         }
         let cycles = churner.as_ref().map_or(0, |c| c.summary.cycles);
         if now >= next_sample {
-            samples.push(sampler.sample(Phase::Window, cycles).await);
+            let sample = sampler.sample(Phase::Window, cycles).await;
+            log.append(&sample);
+            samples.push(sample);
             // A slow reading skips slots rather than bunching readings together.
             while next_sample <= Instant::now() {
                 next_sample += sample_every;
@@ -807,7 +809,7 @@ async fn soak_window(
         if let (Some(at), Some(every), Some(c)) = (next_churn, plan.churn_every, churner.as_mut())
             && now >= at
         {
-            c.tick(scenario, target, rooms, members, start).await;
+            c.tick(meeting).await;
             next_churn = Some((at + every).max(Instant::now()));
             continue;
         }
@@ -821,6 +823,35 @@ async fn soak_window(
         tokio::time::sleep_until(wake.into()).await;
     }
     (sampler, samples, churner)
+}
+
+/// Churn stops with the window: a place a failed join left empty gets a few more tries,
+/// and the last replacements may still be negotiating.
+async fn churn_ends(
+    mut churner: Churner,
+    meeting: &mut Meeting<'_>,
+    problems: &mut Vec<String>,
+    progress: &dyn Progress,
+) -> ChurnSummary {
+    for _ in 0..3 {
+        if churner.vacancies.is_empty() {
+            break;
+        }
+        churner.fill(meeting).await;
+    }
+    if !churner.vacancies.is_empty() {
+        problems.push(format!(
+            "{} place(s) stayed empty after the window: replacements could not join",
+            churner.vacancies.len()
+        ));
+    }
+    let scenario = meeting.scenario;
+    problems.extend(
+        settle(scenario, meeting.members, scenario.settle_timeout, progress)
+            .await
+            .map(|p| format!("after churn: {p}")),
+    );
+    churner.summary
 }
 
 /// Runs `scenario`, as a soak when `plan` is given.
@@ -873,50 +904,28 @@ async fn run(
             measure_window(scenario.duration, progress, "measuring").await;
             None
         }
-        Some(plan) => Some(
-            soak_window(
+        Some(plan) => {
+            let mut meeting = Meeting {
                 scenario,
                 target,
-                plan,
-                &rooms,
-                &mut members,
-                &mut start,
-                progress,
-            )
-            .await,
-        ),
+                rooms: &rooms,
+                members: &mut members,
+                start: &mut start,
+            };
+            let (sampler, samples, churner) = soak_window(&mut meeting, plan, progress).await;
+            let churn = match churner {
+                Some(churner) => {
+                    Some(churn_ends(churner, &mut meeting, &mut problems, progress).await)
+                }
+                None => None,
+            };
+            Some((sampler, samples, churn))
+        }
     };
     let cpu_end = read_cpu(target)?;
-    let (sampler, mut samples, churner) = match soaked {
-        Some((sampler, samples, churner)) => (Some(sampler), samples, churner),
+    let (sampler, mut samples, churn) = match soaked {
+        Some((sampler, samples, churn)) => (Some(sampler), samples, churn),
         None => (None, Vec::new(), None),
-    };
-    let churn = match churner {
-        Some(mut churner) => {
-            // Churn stops with the window: a place a failed join left empty gets a few
-            // more tries, and the last replacements may still be negotiating.
-            for _ in 0..3 {
-                if churner.vacancies.is_empty() {
-                    break;
-                }
-                churner
-                    .fill(scenario, target, &rooms, &mut members, &mut start)
-                    .await;
-            }
-            if !churner.vacancies.is_empty() {
-                problems.push(format!(
-                    "{} place(s) stayed empty after the window: replacements could not join",
-                    churner.vacancies.len()
-                ));
-            }
-            problems.extend(
-                settle(scenario, &members, scenario.settle_timeout, progress)
-                    .await
-                    .map(|p| format!("after churn: {p}")),
-            );
-            Some(churner.summary)
-        }
-        None => None,
     };
     let end = snapshot(&members);
     let memory_end: Memory = usage::process_memory(target.memory_pid)?;

@@ -25,6 +25,9 @@ pub struct SoakPlan {
     /// caches and allocator arenas fill there.
     pub warmup: Duration,
     pub tolerance: Tolerance,
+    /// Window samples are appended here as they are taken (the caller writes the final
+    /// file once the run is over).
+    pub samples_file: Option<std::path::PathBuf>,
 }
 
 impl SoakPlan {
@@ -36,6 +39,7 @@ impl SoakPlan {
             sample_every: Duration::from_secs(10),
             warmup: window / 10,
             tolerance: Tolerance::default(),
+            samples_file: None,
         }
     }
 }
@@ -176,32 +180,67 @@ impl Sampler {
     }
 }
 
-/// The samples as CSV, one row each; a figure that could not be read is empty.
-pub fn samples_csv(samples: &[Sample]) -> String {
-    let mut out = String::from(
-        "t_s,phase,churn_cycles,rss_kib,threads,fds,tasks,sessions,participants,rooms\n",
-    );
+/// The CSV header line of [`csv_row`].
+pub const CSV_HEADER: &str =
+    "t_s,phase,churn_cycles,rss_kib,threads,fds,tasks,sessions,participants,rooms\n";
+
+/// One sample as a CSV line; a figure that could not be read is empty.
+pub fn csv_row(s: &Sample) -> String {
     let cell = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
-    for s in samples {
-        let phase = match s.phase {
-            Phase::Window => "window",
-            Phase::Settled => "settled",
-        };
-        let _ = writeln!(
-            out,
-            "{:.1},{phase},{},{},{},{},{},{},{},{}",
-            s.at_s,
-            s.churn_cycles,
-            cell(s.rss_kib),
-            cell(s.threads),
-            cell(s.fds),
-            cell(s.tasks),
-            cell(s.sessions),
-            cell(s.participants),
-            cell(s.rooms),
-        );
-    }
+    let phase = match s.phase {
+        Phase::Window => "window",
+        Phase::Settled => "settled",
+    };
+    format!(
+        "{:.1},{phase},{},{},{},{},{},{},{},{}\n",
+        s.at_s,
+        s.churn_cycles,
+        cell(s.rss_kib),
+        cell(s.threads),
+        cell(s.fds),
+        cell(s.tasks),
+        cell(s.sessions),
+        cell(s.participants),
+        cell(s.rooms),
+    )
+}
+
+/// The samples as CSV, one row each.
+pub fn samples_csv(samples: &[Sample]) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.extend(samples.iter().map(csv_row));
     out
+}
+
+/// Appends samples to a CSV file as they are taken, so a long run cut short keeps what
+/// it measured. Writing is best effort: a full disk must not end the run.
+pub struct CsvLog {
+    file: Option<std::fs::File>,
+}
+
+impl CsvLog {
+    pub fn create(path: Option<&std::path::Path>) -> CsvLog {
+        let file = path.and_then(|p| match std::fs::File::create(p) {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                f.write_all(CSV_HEADER.as_bytes()).ok().map(|_| f)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "soak: cannot create the samples file");
+                None
+            }
+        });
+        CsvLog { file }
+    }
+
+    pub fn append(&mut self, sample: &Sample) {
+        use std::io::Write as _;
+        if let Some(f) = &mut self.file
+            && f.write_all(csv_row(sample).as_bytes()).is_err()
+        {
+            self.file = None;
+        }
+    }
 }
 
 /// The samples as an SVG chart: one panel per series (RSS, tasks, file descriptors,
@@ -596,6 +635,7 @@ mod tests {
             sample_every: Duration::from_secs(10),
             warmup: Duration::from_secs(60),
             tolerance: Tolerance::default(),
+            samples_file: None,
         }
     }
 
@@ -730,12 +770,18 @@ mod tests {
         assert_eq!(status_threads("Name:\tveil\nThreads:\t12\n"), Some(12));
         let mut s = sample(12.34, 1, 2, 3, 4);
         s.rooms = None;
-        let csv = samples_csv(&[s]);
+        let csv = samples_csv(std::slice::from_ref(&s));
         assert_eq!(
             csv,
             "t_s,phase,churn_cycles,rss_kib,threads,fds,tasks,sessions,participants,rooms\n\
              12.3,window,0,1024,5,3,2,4,4,\n"
         );
+        let path = std::env::temp_dir().join(format!("soak-log-{}.csv", std::process::id()));
+        let mut log = CsvLog::create(Some(&path));
+        log.append(&s);
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), csv);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

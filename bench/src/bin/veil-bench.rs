@@ -118,8 +118,8 @@ struct Cli {
     /// participants, rooms, runtime tasks) this often, seconds.
     #[arg(long, default_value_t = 10.0)]
     sample_every: f64,
-    /// Soak: write every sample to this CSV file (with --chart, also makes a run without
-    /// --churn a soak).
+    /// Soak: write every sample to this CSV file, as they are taken (with --chart, also
+    /// makes a run without --churn a soak).
     #[arg(long)]
     samples: Option<PathBuf>,
     /// Soak: draw RSS, tasks, fds and sessions over time into this SVG file.
@@ -196,6 +196,7 @@ impl Cli {
             bail!("--churn must be at least 0.1 s");
         }
         plan.sample_every = seconds(self.sample_every, "sample-every")?;
+        plan.samples_file = self.samples.clone();
         if let Some(w) = self.soak_warmup {
             plan.warmup = seconds(w, "soak-warmup")?;
         }
