@@ -290,7 +290,7 @@ pub fn samples_svg(samples: &[Sample], title: &str) -> String {
              <text x=\"10\" y=\"{:.1}\">{label}</text>\n\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{max:.0}</text>\n\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">0</text>\n\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0} min</text>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.1} min</text>\n\
              <polyline fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"1.5\" points=\"{}\"/>\n",
             top + PANEL / 2.0,
             LEFT - 5.0,
