@@ -20,4 +20,5 @@ pub mod purge;
 pub mod relay;
 pub mod report;
 pub mod sframe;
+pub mod soak;
 pub mod usage;

@@ -2,7 +2,9 @@
 //! participants in this one process on one tokio runtime, the wait for every participant
 //! to receive, the steady-state window, and the report of what the Veil under test
 //! forwarded and what it cost. Also owns starting an in-process Veil on a runtime of its
-//! own (threads named `veil-sfu…`), so its CPU is measured apart from the generator's.
+//! own (threads named `veil-sfu…`), so its CPU is measured apart from the generator's, and
+//! the soak's churn: replacing participants one at a time through the window while
+//! `soak.rs` samples the Veil process.
 //!
 //! Must never: send anything anywhere but the loopback Veil it is pointed at, run a loop
 //! that is not bounded in count and time, or judge a run by wall-clock thresholds (the
@@ -17,6 +19,7 @@ use crate::report::{
     GeneratorCost, ParticipantSnapshot, Percentiles, Report, RunTotals, ScenarioSummary,
     ServerCost, TrackSnapshot, window,
 };
+use crate::soak::{ChurnSummary, CsvLog, Phase, Sample, Sampler, SoakPlan, SoakReport, judge};
 use crate::usage::{self, CpuScope, Memory, UsageError};
 
 /// Name prefix of the in-process Veil's runtime threads.
@@ -579,6 +582,285 @@ pub async fn run_veil(
     target: &VeilTarget,
     progress: &dyn Progress,
 ) -> Result<Report, LoadError> {
+    run(scenario, target, None, progress)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// Runs `scenario` against `target` as a soak: churn and sampling over the window as
+/// `plan` says, then the verdict whether anything grew.
+pub async fn run_veil_soak(
+    scenario: &Scenario,
+    target: &VeilTarget,
+    plan: &SoakPlan,
+    progress: &dyn Progress,
+) -> Result<(Report, SoakReport), LoadError> {
+    let (report, soak) = run(scenario, target, Some(plan), progress).await?;
+    let soak = soak.ok_or_else(|| LoadError::Scenario("the soak did not run".into()))?;
+    Ok((report, soak))
+}
+
+/// How participant `index_in_room` of room `room_index` joins.
+fn member_config(
+    scenario: &Scenario,
+    target: &VeilTarget,
+    room: &str,
+    room_index: usize,
+    index_in_room: usize,
+) -> ParticipantConfig {
+    let publishes = scenario.publishes(index_in_room);
+    let mut config = ParticipantConfig::new(
+        &target.server,
+        room,
+        &format!("bench-{room_index}-{index_in_room}"),
+    );
+    config.record_payloads = false;
+    config.audio = publishes && scenario.audio;
+    config.video = if publishes { scenario.video } else { None };
+    config
+}
+
+/// Waits until every receiver has a packet on every track it should get; the problem
+/// to report when `timeout` passes first.
+async fn settle(
+    scenario: &Scenario,
+    members: &[Member],
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Option<String> {
+    let expected: Vec<usize> = members
+        .iter()
+        .map(|m| scenario.expected_tracks(m.index_in_room))
+        .collect();
+    let receivers = expected.iter().filter(|e| **e > 0).count();
+    progress.phase("waiting until everyone receives", receivers as u64);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let snap = snapshot(members);
+        let ready = snap
+            .iter()
+            .zip(&expected)
+            .filter(|(s, e)| **e > 0 && receiving_tracks(s) >= **e)
+            .count();
+        progress.advance(ready as u64);
+        if ready >= receivers {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(format!(
+                "only {ready} of {receivers} receivers had every track after {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A meeting under way, as churn changes it: who is in it and, aligned with them, what
+/// each one's share of the window starts from.
+struct Meeting<'a> {
+    scenario: &'a Scenario,
+    target: &'a VeilTarget,
+    rooms: &'a [String],
+    members: &'a mut Vec<Member>,
+    start: &'a mut Vec<ParticipantSnapshot>,
+}
+
+/// Replaces one participant at a time, round robin over the rooms, keeping the
+/// meeting's size: the longest-present member of the next room goes (alternately with
+/// a `leave` and by vanishing) and a fresh one joins in its place.
+struct Churner {
+    next_room: usize,
+    /// Places whose replacement has not joined yet: (room, index in room).
+    vacancies: std::collections::VecDeque<(usize, usize)>,
+    summary: ChurnSummary,
+}
+
+impl Churner {
+    const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+    const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn new(every: Duration) -> Churner {
+        Churner {
+            next_room: 0,
+            vacancies: Default::default(),
+            summary: ChurnSummary {
+                every_s: every.as_secs_f64(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// One tick: a member goes (unless an earlier replacement still has to join), then
+    /// the oldest vacancy is filled.
+    async fn tick(&mut self, meeting: &mut Meeting<'_>) {
+        if self.vacancies.is_empty() && !meeting.rooms.is_empty() {
+            let room = self.next_room % meeting.rooms.len();
+            self.next_room += 1;
+            let oldest = meeting
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.room == room)
+                .min_by_key(|(_, m)| m.join_started)
+                .map(|(i, _)| i);
+            if let Some(i) = oldest {
+                let gone = meeting.members.remove(i);
+                meeting.start.remove(i);
+                if !gone.participant.received().iter().any(|t| t.packets > 0) {
+                    self.summary.departed_without_media += 1;
+                }
+                self.vacancies.push_back((gone.room, gone.index_in_room));
+                // Alternate, starting with a clean leave.
+                if self.summary.left <= self.summary.vanished {
+                    self.summary.left += 1;
+                    let _ =
+                        tokio::time::timeout(Self::LEAVE_TIMEOUT, gone.participant.leave()).await;
+                } else {
+                    self.summary.vanished += 1;
+                    let _ =
+                        tokio::time::timeout(Self::LEAVE_TIMEOUT, gone.participant.vanish()).await;
+                }
+            }
+        }
+        self.fill(meeting).await;
+    }
+
+    /// Tries once to fill the oldest vacancy; a failed join leaves it for the next try.
+    async fn fill(&mut self, meeting: &mut Meeting<'_>) {
+        let Some(&(room, index_in_room)) = self.vacancies.front() else {
+            return;
+        };
+        let Some(room_id) = meeting.rooms.get(room) else {
+            return;
+        };
+        let config = member_config(
+            meeting.scenario,
+            meeting.target,
+            room_id,
+            room,
+            index_in_room,
+        );
+        let join_started = Instant::now();
+        match tokio::time::timeout(Self::JOIN_TIMEOUT, Participant::join(config)).await {
+            Ok(Ok(participant)) => {
+                meeting.members.push(Member {
+                    participant,
+                    room,
+                    index_in_room,
+                    join_started,
+                });
+                // Everything it receives arrives inside the window.
+                meeting.start.push(ParticipantSnapshot::default());
+                self.vacancies.pop_front();
+                self.summary.cycles += 1;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "churn: a replacement could not join");
+                self.summary.failed_joins += 1;
+            }
+            Err(_) => {
+                tracing::warn!("churn: a replacement's join timed out");
+                self.summary.failed_joins += 1;
+            }
+        }
+    }
+}
+
+/// The steady-state window of a soak: samples every `plan.sample_every` and, when the
+/// plan churns, one replacement every `churn_every`.
+async fn soak_window(
+    meeting: &mut Meeting<'_>,
+    plan: &SoakPlan,
+    progress: &dyn Progress,
+) -> (Sampler, Vec<Sample>, Option<Churner>) {
+    let began = Instant::now();
+    let end_at = began + meeting.scenario.duration;
+    let sampler = Sampler::new(meeting.target.memory_pid, &meeting.target.server, began);
+    let mut churner = plan.churn_every.map(Churner::new);
+    let mut next_churn = plan.churn_every.map(|every| began + every);
+    let sample_every = plan.sample_every.max(Duration::from_millis(100));
+    let mut next_sample = began;
+    let mut samples = Vec::new();
+    let mut log = CsvLog::create(plan.samples_file.as_deref());
+    progress.phase(
+        if churner.is_some() {
+            "soak: churning"
+        } else {
+            "soak"
+        },
+        meeting.scenario.duration.as_secs().max(1),
+    );
+    loop {
+        let now = Instant::now();
+        if now >= end_at {
+            break;
+        }
+        let cycles = churner.as_ref().map_or(0, |c| c.summary.cycles);
+        if now >= next_sample {
+            let sample = sampler.sample(Phase::Window, cycles).await;
+            log.append(&sample);
+            samples.push(sample);
+            // A slow reading skips slots rather than bunching readings together.
+            while next_sample <= Instant::now() {
+                next_sample += sample_every;
+            }
+            continue;
+        }
+        if let (Some(at), Some(every), Some(c)) = (next_churn, plan.churn_every, churner.as_mut())
+            && now >= at
+        {
+            c.tick(meeting).await;
+            next_churn = Some((at + every).max(Instant::now()));
+            continue;
+        }
+        progress.advance(began.elapsed().as_secs());
+        let wake = [Some(end_at), Some(next_sample), next_churn]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(end_at)
+            .min(now + Duration::from_millis(250));
+        tokio::time::sleep_until(wake.into()).await;
+    }
+    (sampler, samples, churner)
+}
+
+/// Churn stops with the window: a place a failed join left empty gets a few more tries,
+/// and the last replacements may still be negotiating.
+async fn churn_ends(
+    mut churner: Churner,
+    meeting: &mut Meeting<'_>,
+    problems: &mut Vec<String>,
+    progress: &dyn Progress,
+) -> ChurnSummary {
+    for _ in 0..3 {
+        if churner.vacancies.is_empty() {
+            break;
+        }
+        churner.fill(meeting).await;
+    }
+    if !churner.vacancies.is_empty() {
+        problems.push(format!(
+            "{} place(s) stayed empty after the window: replacements could not join",
+            churner.vacancies.len()
+        ));
+    }
+    let scenario = meeting.scenario;
+    problems.extend(
+        settle(scenario, meeting.members, scenario.settle_timeout, progress)
+            .await
+            .map(|p| format!("after churn: {p}")),
+    );
+    churner.summary
+}
+
+/// Runs `scenario`, as a soak when `plan` is given.
+async fn run(
+    scenario: &Scenario,
+    target: &VeilTarget,
+    plan: Option<&SoakPlan>,
+    progress: &dyn Progress,
+) -> Result<(Report, Option<SoakReport>), LoadError> {
     scenario.check()?;
     let memory_before = usage::process_memory(target.memory_pid)?;
     let mut rooms = Vec::with_capacity(scenario.rooms);
@@ -592,15 +874,7 @@ pub async fn run_veil(
     // Round-robin over rooms so every room fills at the same pace.
     for index_in_room in 0..scenario.participants_per_room {
         for (room_index, room) in rooms.iter().enumerate() {
-            let publishes = scenario.publishes(index_in_room);
-            let mut config = ParticipantConfig::new(
-                &target.server,
-                room,
-                &format!("bench-{room_index}-{index_in_room}"),
-            );
-            config.record_payloads = false;
-            config.audio = publishes && scenario.audio;
-            config.video = if publishes { scenario.video } else { None };
+            let config = member_config(scenario, target, room, room_index, index_in_room);
             let join_started = Instant::now();
             let participant =
                 Participant::join(config)
@@ -619,43 +893,92 @@ pub async fn run_veil(
             tokio::time::sleep(spacing).await;
         }
     }
+    let mut problems = Vec::new();
+    problems.extend(settle(scenario, &members, scenario.settle_timeout, progress).await);
+    tokio::time::sleep(scenario.warmup).await;
+
+    let mut start = snapshot(&members);
+    let cpu_start = read_cpu(target)?;
+    let soaked = match plan {
+        None => {
+            measure_window(scenario.duration, progress, "measuring").await;
+            None
+        }
+        Some(plan) => {
+            let mut meeting = Meeting {
+                scenario,
+                target,
+                rooms: &rooms,
+                members: &mut members,
+                start: &mut start,
+            };
+            let (sampler, samples, churner) = soak_window(&mut meeting, plan, progress).await;
+            let churn = match churner {
+                Some(churner) => {
+                    Some(churn_ends(churner, &mut meeting, &mut problems, progress).await)
+                }
+                None => None,
+            };
+            Some((sampler, samples, churn))
+        }
+    };
+    let cpu_end = read_cpu(target)?;
+    let (sampler, mut samples, churn) = match soaked {
+        Some((sampler, samples, churn)) => (Some(sampler), samples, churn),
+        None => (None, Vec::new(), None),
+    };
+    let end = snapshot(&members);
+    let memory_end: Memory = usage::process_memory(target.memory_pid)?;
     let expected: Vec<usize> = members
         .iter()
         .map(|m| scenario.expected_tracks(m.index_in_room))
         .collect();
     let receivers = expected.iter().filter(|e| **e > 0).count();
-    let mut problems = Vec::new();
-
-    progress.phase("waiting until everyone receives", receivers as u64);
-    let settle_deadline = Instant::now() + scenario.settle_timeout;
-    loop {
-        let snap = snapshot(&members);
-        let ready = snap
-            .iter()
-            .zip(&expected)
-            .filter(|(s, e)| **e > 0 && receiving_tracks(s) >= **e)
-            .count();
-        progress.advance(ready as u64);
-        if ready >= receivers {
-            break;
+    let soak = match (plan, sampler) {
+        (Some(plan), Some(sampler)) => {
+            let size = scenario.participants() as u64;
+            let cycles = churn.as_ref().map_or(0, |c| c.cycles);
+            // Sessions of participants that just went close on their own schedule
+            // (a vanished one when its socket's close is seen): give them a moment.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let sample = sampler.sample(Phase::Settled, cycles).await;
+                let back = sample.sessions == Some(size) && sample.participants == Some(size);
+                samples.push(sample);
+                if back || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            // Only the last settled reading counts; the ones before it were waiting.
+            let last = samples.len().saturating_sub(1);
+            let mut kept: Vec<Sample> = samples
+                .drain(..)
+                .enumerate()
+                .filter(|(i, s)| s.phase == Phase::Window || *i == last)
+                .map(|(_, s)| s)
+                .collect();
+            kept.shrink_to_fit();
+            let verdict = judge(&kept, size, plan);
+            Some(SoakReport {
+                sampled: if target.memory_includes_generator {
+                    format!(
+                        "process {} (Veil and the generator: RSS, threads and fds include the participants)",
+                        target.memory_pid
+                    )
+                } else {
+                    format!("process {} (Veil alone)", target.memory_pid)
+                },
+                sample_every_s: plan.sample_every.as_secs_f64(),
+                churn,
+                first: kept.first().cloned(),
+                last: kept.last().cloned(),
+                verdict,
+                samples: kept,
+            })
         }
-        if Instant::now() >= settle_deadline {
-            problems.push(format!(
-                "only {ready} of {receivers} receivers had every track after {:?}",
-                scenario.settle_timeout
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(scenario.warmup).await;
-
-    let start = snapshot(&members);
-    let cpu_start = read_cpu(target)?;
-    measure_window(scenario.duration, progress, "measuring").await;
-    let cpu_end = read_cpu(target)?;
-    let end = snapshot(&members);
-    let memory_end: Memory = usage::process_memory(target.memory_pid)?;
+        _ => None,
+    };
 
     // Join time: grant request → first packet of any publisher that joined earlier.
     let joined_at: HashMap<String, Instant> = members
@@ -745,7 +1068,7 @@ pub async fn run_veil(
         peak_rss_kib: Some(memory_end.peak_rss_kib),
         rss_kib_per_subscribed_track: None,
     };
-    Ok(build_report(Measured {
+    let report = build_report(Measured {
         target_label: target.label.clone(),
         scenario,
         start: &start,
@@ -760,7 +1083,8 @@ pub async fn run_veil(
         rss_before_kib: Some(memory_before.rss_kib),
         generator_threads: target.generator_threads,
         problems,
-    }))
+    });
+    Ok((report, soak))
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //! `process_open_fds`, `process_threads`, `process_start_time_seconds`) read from
 //! `/proc/self`, without the prometheus crate's `process` feature and its dependencies.
 //! On a system without `/proc` the values stay at zero.
+//!
+//! Also `veil_runtime_tasks`: the tokio tasks alive on the runtime that serves the scrape,
+//! since a task left behind per session is a leak that neither memory nor file
+//! descriptors show early (the soak in `veil-bench` watches it).
 
 use std::sync::Mutex;
 
@@ -19,6 +23,7 @@ pub struct ProcessCollector {
     fds: IntGauge,
     threads: IntGauge,
     start: Gauge,
+    tasks: IntGauge,
     descs: Vec<Desc>,
 }
 
@@ -72,12 +77,17 @@ impl ProcessCollector {
             "process_start_time_seconds",
             "Start time of the process since the UNIX epoch in seconds",
         )?;
+        let tasks = IntGauge::new(
+            "veil_runtime_tasks",
+            "Tokio tasks alive on the runtime serving this scrape",
+        )?;
         let descs = [
             cpu.desc(),
             rss.desc(),
             fds.desc(),
             threads.desc(),
             start.desc(),
+            tasks.desc(),
         ]
         .into_iter()
         .flatten()
@@ -90,6 +100,7 @@ impl ProcessCollector {
             fds,
             threads,
             start,
+            tasks,
             descs,
         };
         if let (Ok(stat), Some(btime)) = (std::fs::read_to_string("/proc/self/stat"), boot_time())
@@ -122,6 +133,12 @@ impl ProcessCollector {
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             self.fds.set(dir.count() as i64);
         }
+        // Scrapes are served on Veil's runtime; outside one (a caller rendering from a
+        // plain thread) the last value stays.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -138,6 +155,7 @@ impl Collector for ProcessCollector {
         out.extend(self.fds.collect());
         out.extend(self.threads.collect());
         out.extend(self.start.collect());
+        out.extend(self.tasks.collect());
         out
     }
 }
@@ -169,5 +187,27 @@ mod tests {
         assert!(c.rss.get() > 0);
         assert!(c.fds.get() > 0);
         assert!(c.start.get() > 1.0e9);
+    }
+
+    #[test]
+    fn counts_the_tasks_of_the_runtime_it_is_scraped_on() {
+        let c = ProcessCollector::new().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let tasks = runtime.block_on(async {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let parked = tokio::spawn(async move {
+                let _ = rx.await;
+            });
+            c.collect();
+            let with_one = c.tasks.get();
+            let _ = tx.send(());
+            let _ = parked.await;
+            c.collect();
+            (with_one, c.tasks.get())
+        });
+        assert_eq!(tasks, (1, 0));
     }
 }

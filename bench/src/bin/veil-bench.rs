@@ -1,10 +1,13 @@
 //! `veil-bench`: loads a Veil (in this process, or an external `veil` process) or the
 //! plain UDP relay baseline with many headless participants, and reports what was
-//! forwarded and what it cost — as text, or JSON with `--json`.
+//! forwarded and what it cost — as text, or JSON with `--json`. With `--churn` or
+//! `--samples` the run is a soak: participants are replaced through the window, the Veil
+//! process is sampled, and the report says whether anything grew.
 //!
 //! Must never: point participants anywhere but loopback, or run without a bound: every
 //! phase has a duration or a timeout.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -14,6 +17,7 @@ use veil_bench::load::{self, InProcessVeil, Progress, Scenario};
 use veil_bench::participant::VideoConfig;
 use veil_bench::relay;
 use veil_bench::report::Report;
+use veil_bench::soak::{SoakPlan, SoakReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ScenarioArg {
@@ -105,6 +109,26 @@ struct Cli {
     /// In-process Veil runtime worker threads.
     #[arg(long, default_value_t = 2)]
     sfu_threads: usize,
+    /// Soak: every this many seconds of the window one participant (round robin over the
+    /// rooms) goes — alternately with a `leave` and by vanishing — and a fresh one joins
+    /// in its place. No relay baseline is run.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Soak: sample the Veil process (RSS, threads, fds) and its `/metrics` (sessions,
+    /// participants, rooms, runtime tasks) this often, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    sample_every: f64,
+    /// Soak: write every sample to this CSV file, as they are taken (with --chart, also
+    /// makes a run without --churn a soak).
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// Soak: draw RSS, tasks, fds and sessions over time into this SVG file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Soak: leave the window's first this many seconds out of the verdict (default: a
+    /// tenth of the window).
+    #[arg(long)]
+    soak_warmup: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -154,6 +178,38 @@ impl Cli {
         s.check()?;
         Ok(s)
     }
+
+    /// The soak to run, if this is one.
+    fn soak(&self, scenario: &Scenario) -> anyhow::Result<Option<SoakPlan>> {
+        if self.churn.is_none() && self.samples.is_none() && self.chart.is_none() {
+            return Ok(None);
+        }
+        if self.target == TargetArg::Relay {
+            bail!("a soak loads Veil: use --target in-process or external");
+        }
+        let mut plan = SoakPlan::new(scenario.duration);
+        plan.churn_every = self.churn.map(|c| seconds(c, "churn")).transpose()?;
+        if plan
+            .churn_every
+            .is_some_and(|c| c < Duration::from_millis(100))
+        {
+            bail!("--churn must be at least 0.1 s");
+        }
+        plan.sample_every = seconds(self.sample_every, "sample-every")?;
+        plan.samples_file = self.samples.clone();
+        if let Some(w) = self.soak_warmup {
+            plan.warmup = seconds(w, "soak-warmup")?;
+        }
+        Ok(Some(plan))
+    }
+}
+
+/// A report with the soak's part beside it (`soak` in the JSON).
+#[derive(serde::Serialize)]
+struct Soaked<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    soak: &'a SoakReport,
 }
 
 /// Progress on stderr (hidden when stderr is not a terminal).
@@ -192,55 +248,101 @@ fn main() -> anyhow::Result<()> {
     let progress = Bar(bar);
     let runtime = load::generator_runtime(cli.generator_threads)?;
 
-    let report: Report = match cli.target {
-        TargetArg::Relay => runtime.block_on(relay::run_relay(
+    let soak_plan = cli.soak(&scenario)?;
+    let mut soak: Option<SoakReport> = None;
+    let report: Report = if cli.target == TargetArg::Relay {
+        runtime.block_on(relay::run_relay(
             &scenario,
             cli.generator_threads,
             &progress,
-        ))?,
-        TargetArg::InProcess | TargetArg::External => {
-            let veil_report = if cli.target == TargetArg::InProcess {
-                let veil = InProcessVeil::start(cli.sfu_threads)?;
-                let target = veil.target(cli.generator_threads)?;
-                let report = runtime.block_on(load::run_veil(&scenario, &target, &progress));
-                veil.stop();
-                report?
-            } else {
+        ))?
+    } else {
+        // An in-process Veil lives exactly as long as the run.
+        let in_process = (cli.target == TargetArg::InProcess)
+            .then(|| InProcessVeil::start(cli.sfu_threads))
+            .transpose()?;
+        let target = match &in_process {
+            Some(veil) => veil.target(cli.generator_threads)?,
+            None => {
                 let pid = cli
                     .sfu_pid
                     .context("--target external needs --sfu-pid PID of the veil process")?;
-                let target = load::external_target(
+                load::external_target(
                     &cli.server,
                     pid,
                     cli.session_cookie.clone(),
                     cli.generator_threads,
-                );
-                runtime.block_on(load::run_veil(&scenario, &target, &progress))?
-            };
-            if cli.no_baseline {
-                veil_report
-            } else {
-                let relay_report = runtime.block_on(relay::run_relay(
-                    &scenario,
-                    cli.generator_threads,
-                    &progress,
-                ))?;
-                veil_report.with_baseline(relay_report)
+                )
             }
+        };
+        let run = runtime.block_on(async {
+            match &soak_plan {
+                Some(plan) => load::run_veil_soak(&scenario, &target, plan, &progress)
+                    .await
+                    .map(|(r, s)| (r, Some(s))),
+                None => load::run_veil(&scenario, &target, &progress)
+                    .await
+                    .map(|r| (r, None)),
+            }
+        });
+        if let Some(veil) = in_process {
+            veil.stop();
+        }
+        let (veil_report, soaked) = run?;
+        soak = soaked;
+        if cli.no_baseline || soak.is_some() {
+            veil_report
+        } else {
+            let relay_report = runtime.block_on(relay::run_relay(
+                &scenario,
+                cli.generator_threads,
+                &progress,
+            ))?;
+            veil_report.with_baseline(relay_report)
         }
     };
     runtime.shutdown_timeout(Duration::from_secs(2));
     progress.finish();
+    if let (Some(path), Some(soak)) = (&cli.samples, &soak) {
+        std::fs::write(path, veil_bench::soak::samples_csv(&soak.samples))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(soak)) = (&cli.chart, &soak) {
+        let title = format!(
+            "veil-bench {} {}×{}, churn {}: {}",
+            scenario.name(),
+            scenario.rooms,
+            scenario.participants_per_room,
+            cli.churn
+                .map_or_else(|| "none".into(), |c| format!("every {c} s")),
+            soak.sampled
+        );
+        std::fs::write(path, veil_bench::soak::samples_svg(&soak.samples, &title))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let json = match &soak {
+            Some(soak) => serde_json::to_string_pretty(&Soaked {
+                report: &report,
+                soak,
+            })?,
+            None => serde_json::to_string_pretty(&report)?,
+        };
+        println!("{json}");
     } else {
         print!("{}", report.render());
         if let Some(b) = &report.baseline {
             print!("{}", b.render());
         }
+        if let Some(soak) = &soak {
+            print!("{}", soak.render());
+        }
     }
     if !report.valid {
         std::process::exit(2);
+    }
+    if soak.is_some_and(|s| !s.verdict.flat) {
+        std::process::exit(3);
     }
     Ok(())
 }
