@@ -91,9 +91,7 @@ async fn run_signaling(config: Config) -> anyhow::Result<()> {
             "  No SFU node is pinned yet: add each node's fingerprint to signaling.node_fingerprints."
         );
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    shutdown().await?;
     running.stop().await?;
     Ok(())
 }
@@ -109,7 +107,7 @@ async fn run_sfu(config: Config) -> anyhow::Result<()> {
         running.fingerprint
     );
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = shutdown() => r?,
         // The link only ends on its own when signaling refuses this node.
         r = &mut { running.link } => {
             match r {
@@ -143,10 +141,20 @@ async fn run_all(config: Config) -> anyhow::Result<()> {
         config.accounts.mail.outbox_dir.display()
     );
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    shutdown().await?;
     println!("Stopping.");
     running.stop().await?;
+    Ok(())
+}
+
+/// Until Ctrl-C (SIGINT) or SIGTERM, the signal `docker stop` and service managers send:
+/// either way Veil stops cleanly (sessions closed, the database left consistent).
+async fn shutdown() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }

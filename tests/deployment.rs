@@ -131,6 +131,25 @@ fn run_service(service: &str, env: Vec<(String, String)>, dir: &Path) -> Proc {
     )
 }
 
+/// Sends SIGTERM, as `docker stop` does; the process must exit with success soon after.
+fn stops_on_sigterm(proc: &mut Proc, what: &str) {
+    let pid = proc.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {what}");
+    let asked = Instant::now();
+    loop {
+        if let Some(status) = proc.0.try_wait().expect("wait") {
+            assert!(status.success(), "{what} exited with {status} on SIGTERM");
+            return;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "{what} ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 async fn json(url: &str) -> Option<serde_json::Value> {
     reqwest::get(url).await.ok()?.json().await.ok()
 }
@@ -189,8 +208,8 @@ async fn signaling_and_sfu_run_with_their_compose_environments() {
         ],
     );
     assert!(sfu_env.iter().any(|(k, _)| k == "VEIL_NODE_NAME"));
-    let _signaling = run_service("signaling", signaling_env, &signaling_dir);
-    let _sfu = run_service("sfu", sfu_env, &sfu_dir);
+    let mut signaling = run_service("signaling", signaling_env, &signaling_dir);
+    let mut sfu = run_service("sfu", sfu_env, &sfu_dir);
 
     let started = Instant::now();
     let health = loop {
@@ -245,7 +264,9 @@ async fn signaling_and_sfu_run_with_their_compose_environments() {
             .expect("count");
         assert_eq!(n, 1);
     }
-    drop(_signaling);
+    // `docker compose stop` sends SIGTERM: each service stops cleanly by itself.
+    stops_on_sigterm(&mut sfu, "veil sfu");
+    stops_on_sigterm(&mut signaling, "veil signaling");
     common::drop_postgres(&database).await;
     let _ = std::fs::remove_dir_all(&root);
 }

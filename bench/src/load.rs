@@ -272,9 +272,21 @@ pub struct InProcessVeil {
 }
 
 impl InProcessVeil {
-    /// Starts Veil on loopback, ephemeral ports, with `threads` runtime workers. Call
-    /// from outside any runtime.
+    /// Starts Veil on loopback, ephemeral ports, with `threads` runtime workers, and no
+    /// cap on sockets per address (every generated participant comes from 127.0.0.1).
+    /// Call from outside any runtime.
     pub fn start(threads: usize) -> Result<InProcessVeil, LoadError> {
+        Self::start_with(threads, |config| {
+            config.signaling.max_sockets_per_address = 0;
+        })
+    }
+
+    /// As [`InProcessVeil::start`], with the default limits changed by `adjust` only
+    /// (the abuse runs keep every limit as shipped).
+    pub fn start_with(
+        threads: usize,
+        adjust: impl FnOnce(&mut veil::Config),
+    ) -> Result<InProcessVeil, LoadError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name(SFU_THREAD_PREFIX)
@@ -288,6 +300,7 @@ impl InProcessVeil {
         let scratch = std::env::temp_dir().join(format!("veil-bench-{}", std::process::id()));
         config.accounts.database_url = format!("sqlite://{}", scratch.join("veil.db").display());
         config.accounts.mail.outbox_dir = scratch.join("outbox");
+        adjust(&mut config);
         let running = runtime
             .block_on(veil::start(&config))
             .map_err(|e| LoadError::Start(e.to_string()))?;

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             abuse::MAX_PHASE
         );
     }
-    let veil = InProcessVeil::start(cli.sfu_threads)?;
+    let veil = InProcessVeil::start_with(cli.sfu_threads, |_| {})?;
     let target = Target {
         server: veil.target(cli.generator_threads)?.server,
         signaling: veil.signaling().context("veil stopped")?,
