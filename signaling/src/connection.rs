@@ -466,15 +466,20 @@ where
             let Some(j) = joined.as_ref() else {
                 return not_joined(state, sink).await;
             };
-            match state.rooms.end_meeting(&j.room, &j.participant) {
+            let ended = match state.rooms.check_host(&j.room, &j.participant) {
                 Ok(()) => {
-                    // Ended for good: a restarted signaling must not bring it back. Should
-                    // this fail, the stored room still expires with its TTL.
+                    // Forgotten in the database first, so that a join arriving meanwhile
+                    // cannot bring the room back from there. Should this fail, the stored
+                    // room still expires with its TTL.
                     if let Err(e) = state.accounts.forget_hosted_room(&j.room).await {
                         tracing::warn!(error = e.code(), "could not forget an ended meeting");
                     }
+                    state.rooms.end_meeting(&j.room, &j.participant)
                 }
-                Err(e) => host_refusal(state, sink, e).await?,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ended {
+                host_refusal(state, sink, e).await?;
             }
             // The host's own connection hears `closed` through its room channel too.
             Ok(Next::Continue)

@@ -305,6 +305,17 @@ impl RoomDirectory {
         Ok(())
     }
 
+    /// Whether `participant` may act as the meeting's host.
+    pub fn check_host(&self, room: &str, participant: &str) -> Result<(), RoomError> {
+        let rooms = self.rooms();
+        let record = rooms.get(room).ok_or(RoomError::NotFound)?;
+        if record.participants.get(participant).is_some_and(|m| m.host) {
+            Ok(())
+        } else {
+            Err(RoomError::NotHost)
+        }
+    }
+
     /// The host ends the meeting: everyone is told and the room is gone for good.
     pub fn end_meeting(&self, room: &str, by: &str) -> Result<(), RoomError> {
         let mut rooms = self.rooms();
@@ -503,6 +514,11 @@ mod tests {
             .join(&created.room, "Host", Some(&created.host_key), None, t0)
             .unwrap();
         let guest = after.join(&created.room, "Bo", None, None, t0).unwrap();
+        assert_eq!(
+            after.check_host(&created.room, &guest),
+            Err(RoomError::NotHost)
+        );
+        assert_eq!(after.check_host(&created.room, &host), Ok(()));
         assert_eq!(
             after.end_meeting(&created.room, &guest),
             Err(RoomError::NotHost)
