@@ -351,6 +351,46 @@ async fn a_grant_replayed_after_expiry_is_refused_with_grant_expired() {
     veil.stop().await.expect("stop");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_presented_twice_admits_once() {
+    let veil = start_veil().await;
+    let room = new_room(&veil);
+    let mut pair = Pair::join(&veil, &room).await;
+    let mut cfg = participant(&veil, &room, "Cy");
+    cfg.audio = false;
+    cfg.video = None;
+    let (cy, grant, ws_path) = request_grant(&cfg).await.expect("grant");
+    let first = open_socket(&veil.base_url(), &ws_path, Some(&grant))
+        .await
+        .expect("the first presentation joins");
+    assert_eq!(first.participant, cy);
+    let _ = next_of(&mut pair.a, "participant_joined").await;
+
+    // The same grant again, within its lifetime, on another socket.
+    let (mut replay, _) = tokio_tungstenite::connect_async(ws_url(&veil).as_str())
+        .await
+        .expect("connect");
+    send_text(
+        &mut replay,
+        json!({"type": "join", "grant": grant}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        next_error_or_close(&mut replay).await.as_deref(),
+        Some("grant_used")
+    );
+    assert!(closes(&mut replay).await);
+    assert_eq!(errors(&veil, "grant_used"), 1);
+    // The participant it names is untouched: still present, still reached.
+    let mut first = first.ws;
+    pair.round_trip("after the replay").await;
+    let msg = json!({"type": "e2ee", "to": cy, "blob": "still-here"});
+    send_text(&mut pair.a, msg.to_string()).await;
+    let relayed = next_of(&mut first, "e2ee").await;
+    assert_eq!(relayed["blob"], "still-here");
+    veil.stop().await.expect("stop");
+}
+
 /// An HTTP client whose requests come from `127.0.0.n`.
 fn client_from(n: u8) -> reqwest::Client {
     reqwest::Client::builder()

@@ -39,6 +39,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "join_timeout",
     "slow_client",
     "too_many_connections",
+    "grant_used",
     // Accounts API.
     "invalid_body",
     "invalid_email",

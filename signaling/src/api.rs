@@ -86,6 +86,12 @@ fn from_room_error(e: RoomError) -> ApiError {
             "not_host",
             "the host key is not this meeting's",
         ),
+        // Only the WebSocket join uses grants; the HTTP API never sees this.
+        RoomError::GrantUsed => ApiError::new(
+            StatusCode::CONFLICT,
+            "grant_used",
+            "this join grant was already used",
+        ),
     }
 }
 

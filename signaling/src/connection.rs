@@ -13,7 +13,7 @@ use tracing::debug;
 use veil_accounts::http::ClientIp;
 use veil_metrics::ConnectionRecord;
 use veil_sfu::grant::Grant;
-use veil_sfu::{CloseReason, SessionId, SessionRequest, SfuSignal};
+use veil_sfu::{CloseReason, SessionId, SessionRequest, SfuSignal, unix_now};
 
 use crate::Signaling;
 use crate::message::{
@@ -371,6 +371,23 @@ where
         ClientMessage::Join { grant, room } => {
             if joined.is_some() {
                 return already_joined(state, sink).await;
+            }
+            // A grant admits once: presented again (replayed, or copied) it would take
+            // over the participant's media session. Checked here only to learn whom it
+            // names; the SFU verifies it again and answers its other faults as before.
+            let named =
+                state
+                    .signer
+                    .verifier()
+                    .verify(grant.as_deref(), room.as_deref(), unix_now());
+            if let Ok(named) = named
+                && state.rooms.use_grant(&named.room, &named.participant)
+                    == Err(RoomError::GrantUsed)
+            {
+                state.metrics.error("grant_used");
+                let msg = ServerMessage::error("grant_used", RoomError::GrantUsed.to_string());
+                send(sink, state, &msg).await?;
+                return Ok(Next::Close);
             }
             match state.sfu.open_session(SessionRequest { room, grant }).await {
                 Ok(opened) => {

@@ -38,6 +38,8 @@ pub enum RoomError {
     UnknownParticipant,
     #[error("only the meeting's host may do that")]
     NotHost,
+    #[error("this join grant was already used; ask for a new one")]
+    GrantUsed,
 }
 
 /// A room just created: its id, and the key that makes a joiner its host.
@@ -56,6 +58,8 @@ struct Member {
     state: MediaState,
     /// The member's WebSocket, while it is connected.
     connection: Option<Sender<ServerMessage>>,
+    /// Its join grant has been presented: a grant admits once.
+    grant_used: bool,
 }
 
 struct RoomRecord {
@@ -226,6 +230,7 @@ impl RoomDirectory {
                 host,
                 state: MediaState::default(),
                 connection: None,
+                grant_used: false,
             },
         );
         Ok(participant)
@@ -233,6 +238,22 @@ impl RoomDirectory {
 
     /// Marks a participant present on `connection`: the others hear it joined, and it
     /// gets the list of those already present.
+    /// Marks the join grant naming `participant` as used: the first presentation
+    /// passes, any later one (a replay, or a copy presented elsewhere) gets
+    /// [`RoomError::GrantUsed`] instead of taking over the participant.
+    pub fn use_grant(&self, room: &str, participant: &str) -> Result<(), RoomError> {
+        let mut rooms = self.rooms();
+        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
+        let member = record
+            .participants
+            .get_mut(participant)
+            .ok_or(RoomError::UnknownParticipant)?;
+        if std::mem::replace(&mut member.grant_used, true) {
+            return Err(RoomError::GrantUsed);
+        }
+        Ok(())
+    }
+
     pub fn attach(
         &self,
         room: &str,
