@@ -297,7 +297,13 @@ impl InProcessVeil {
         config.signaling.http_addr = ([127, 0, 0, 1], 0).into();
         config.sfu.media_addr = ([127, 0, 0, 1], 0).into();
         // Rooms are created in-process; the accounts store just needs a scratch file.
-        let scratch = std::env::temp_dir().join(format!("veil-bench-{}", std::process::id()));
+        // One per Veil: several started by one process (tests) must not share a file.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let scratch = std::env::temp_dir().join(format!(
+            "veil-bench-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         config.accounts.database_url = format!("sqlite://{}", scratch.join("veil.db").display());
         config.accounts.mail.outbox_dir = scratch.join("outbox");
         adjust(&mut config);
