@@ -236,8 +236,6 @@ impl RoomDirectory {
         Ok(participant)
     }
 
-    /// Marks a participant present on `connection`: the others hear it joined, and it
-    /// gets the list of those already present.
     /// Marks the join grant naming `participant` as used: the first presentation
     /// passes, any later one (a replay, or a copy presented elsewhere) gets
     /// [`RoomError::GrantUsed`] instead of taking over the participant.
@@ -254,6 +252,8 @@ impl RoomDirectory {
         Ok(())
     }
 
+    /// Marks a participant present on `connection`: the others hear it joined, and it
+    /// gets the list of those already present.
     pub fn attach(
         &self,
         room: &str,
