@@ -391,6 +391,73 @@ async fn a_grant_presented_twice_admits_once() {
     veil.stop().await.expect("stop");
 }
 
+/// Sign-ups through a proxy at 127.0.0.1 that reports each client in `X-Forwarded-For`;
+/// the statuses, in order.
+async fn sign_ups_via_proxy(veil: &veil::Running, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/accounts", veil.base_url()))
+            .header("x-forwarded-for", format!("203.0.113.{}", i + 1))
+            .json(&json!({"email": format!("proxied{i}@example.org"), "display_name": "P",
+                "password": "a long enough passphrase", "age_confirmed": true, "accept_policy": true}))
+            .send()
+            .await
+            .expect("sign up");
+        statuses.push(res.status().as_u16());
+    }
+    statuses
+}
+
+/// A WebSocket through the proxy for the client `client`.
+async fn socket_via_proxy(veil: &veil::Running, client: &str) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = ws_url(veil).into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", client.parse().expect("header"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_limits_count_clients_not_the_proxy() {
+    // Trusted: each client its own budget (the limit is 5 sign-ups per address).
+    let mut config = test_config();
+    config.signaling.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    config.signaling.max_sockets_per_address = 2;
+    let veil = veil::start(&config).await.expect("start veil");
+    assert!(sign_ups_via_proxy(&veil, 8).await.iter().all(|s| *s == 201));
+    let _a1 = socket_via_proxy(&veil, "203.0.113.50").await.expect("a1");
+    let _a2 = socket_via_proxy(&veil, "203.0.113.50").await.expect("a2");
+    assert_eq!(
+        socket_via_proxy(&veil, "203.0.113.50").await.err(),
+        Some(429)
+    );
+    let _b = socket_via_proxy(&veil, "203.0.113.51")
+        .await
+        .expect("another client");
+    veil.stop().await.expect("stop");
+
+    // Not trusted: the header is anyone's to write, so it is ignored.
+    let mut config = test_config();
+    config.signaling.max_sockets_per_address = 2;
+    let veil = veil::start(&config).await.expect("start veil");
+    let statuses = sign_ups_via_proxy(&veil, 6).await;
+    assert_eq!(statuses[..5], [201; 5]);
+    assert_eq!(statuses[5], 429, "{statuses:?}");
+    let _a1 = socket_via_proxy(&veil, "203.0.113.50").await.expect("a1");
+    let _a2 = socket_via_proxy(&veil, "203.0.113.51").await.expect("a2");
+    assert_eq!(
+        socket_via_proxy(&veil, "203.0.113.52").await.err(),
+        Some(429)
+    );
+    veil.stop().await.expect("stop");
+}
+
 /// An HTTP client whose requests come from `127.0.0.n`.
 fn client_from(n: u8) -> reqwest::Client {
     reqwest::Client::builder()

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cluster;
 pub mod connection;
 pub mod message;
+pub mod proxy;
 pub mod quota;
 pub mod room;
 pub mod web;
@@ -49,9 +50,11 @@ pub struct SignalingConfig {
     /// with a `join_timeout` error, so idle sockets cannot pile up.
     pub join_timeout_secs: u64,
     /// WebSockets one client address (IPv4, or IPv6 /64) may hold open at once; more
-    /// are refused with 429 `too_many_connections`. 0 = no cap (behind a reverse proxy,
-    /// where every client has the proxy's address, cap at the proxy instead).
+    /// are refused with 429 `too_many_connections`. 0 = no cap.
     pub max_sockets_per_address: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed, so that the per-address
+    /// limits (sockets, log-ins, sign-ups) count clients, not the proxy.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for SignalingConfig {
@@ -67,6 +70,7 @@ impl Default for SignalingConfig {
             identity_dir: "data/signaling-link".into(),
             join_timeout_secs: 10,
             max_sockets_per_address: 100,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -133,5 +137,9 @@ impl Signaling {
             .fallback(api::not_found)
             .with_state(self.clone())
             .merge(veil_accounts::http::router(self.accounts.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(self.config.trusted_proxies.clone()),
+                proxy::client_behind_proxy,
+            ))
     }
 }
