@@ -73,6 +73,12 @@ struct RoomRecord {
 }
 
 impl RoomRecord {
+    fn member_mut(&mut self, participant: &str) -> Result<&mut Member, RoomError> {
+        self.participants
+            .get_mut(participant)
+            .ok_or(RoomError::UnknownParticipant)
+    }
+
     /// Connected members but `except`, in a stable order.
     fn peers(&self, except: &str) -> Vec<Peer> {
         let mut peers: Vec<Peer> = self
@@ -241,11 +247,10 @@ impl RoomDirectory {
     /// [`RoomError::GrantUsed`] instead of taking over the participant.
     pub fn use_grant(&self, room: &str, participant: &str) -> Result<(), RoomError> {
         let mut rooms = self.rooms();
-        let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
-        let member = record
-            .participants
-            .get_mut(participant)
-            .ok_or(RoomError::UnknownParticipant)?;
+        let member = rooms
+            .get_mut(room)
+            .ok_or(RoomError::NotFound)?
+            .member_mut(participant)?;
         if std::mem::replace(&mut member.grant_used, true) {
             return Err(RoomError::GrantUsed);
         }
@@ -283,10 +288,7 @@ impl RoomDirectory {
     ) -> Result<Vec<Peer>, RoomError> {
         let mut rooms = self.rooms();
         let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
-        let member = record
-            .participants
-            .get_mut(participant)
-            .ok_or(RoomError::UnknownParticipant)?;
+        let member = record.member_mut(participant)?;
         member.connection = Some(connection);
         if announce {
             let joined = ServerMessage::ParticipantJoined {
@@ -403,11 +405,7 @@ impl RoomDirectory {
     ) -> Result<(), RoomError> {
         let mut rooms = self.rooms();
         let record = rooms.get_mut(room).ok_or(RoomError::NotFound)?;
-        let member = record
-            .participants
-            .get_mut(participant)
-            .ok_or(RoomError::UnknownParticipant)?;
-        member.state = state;
+        record.member_mut(participant)?.state = state;
         let msg = ServerMessage::ParticipantState {
             participant: participant.to_string(),
             state,
