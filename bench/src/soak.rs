@@ -115,14 +115,6 @@ pub fn gauge(exposition: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// `Threads:` of a `/proc/<pid>/status`.
-fn status_threads(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// A count read as a gauge (never negative, never fractional in practice).
 fn count(v: Option<f64>) -> Option<u64> {
     v.filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64)
@@ -156,10 +148,11 @@ impl Sampler {
 
     pub async fn sample(&self, phase: Phase, churn_cycles: u64) -> Sample {
         let at_s = self.started.elapsed().as_secs_f64();
-        let rss_kib = usage::process_memory(self.pid).ok().map(|m| m.rss_kib);
-        let threads = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| status_threads(&s));
+        // One read of the status file for both figures.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok();
+        let field = |key: &str| status.as_deref().and_then(|s| usage::status_number(s, key));
+        let rss_kib = field("VmRSS:");
+        let threads = field("Threads:");
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
             .ok()
             .map(|d| d.count() as u64);
@@ -767,7 +760,10 @@ mod tests {
         assert_eq!(gauge(text, "veil_sfu_sessions"), Some(7.0));
         assert_eq!(gauge(text, "veil_runtime_tasks"), Some(131.0));
         assert_eq!(gauge(text, "veil_rooms"), None);
-        assert_eq!(status_threads("Name:\tveil\nThreads:\t12\n"), Some(12));
+        assert_eq!(
+            usage::status_number("Name:\tveil\nThreads:\t12\n", "Threads:"),
+            Some(12)
+        );
         let mut s = sample(12.34, 1, 2, 3, 4);
         s.rooms = None;
         let csv = samples_csv(std::slice::from_ref(&s));

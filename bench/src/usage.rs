@@ -126,16 +126,21 @@ pub struct Memory {
     pub peak_rss_kib: u64,
 }
 
+/// The number after `key` (`VmRSS:`, `Threads:`, …) in a `/proc/<pid>/status` text.
+pub fn status_number(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// `VmRSS` and `VmHWM` from `/proc/<pid>/status`.
 pub fn process_memory(pid: u32) -> Result<Memory, UsageError> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let text = read(path.clone())?;
     let kib = |key: &str| -> Result<u64, UsageError> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| UsageError::Parse(path.clone()))
+        status_number(&text, key).ok_or_else(|| UsageError::Parse(path.clone()))
     };
     Ok(Memory {
         rss_kib: kib("VmRSS:")?,
