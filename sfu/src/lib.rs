@@ -241,6 +241,19 @@ impl Sfu {
         (n > 0).then(|| Duration::from_micros(total / n))
     }
 
+    /// Asks a session to close as if its client had left (no-op once it has ended).
+    /// Synchronous, so that a drop guard can call it.
+    pub fn end_session(&self, session: SessionId) {
+        let commands = self
+            .inner
+            .sessions()
+            .get(&session)
+            .map(|s| s.commands.clone());
+        if let Some(c) = commands {
+            let _ = c.send(SessionCmd::Close(CloseReason::Left));
+        }
+    }
+
     /// Closes every session.
     pub async fn shutdown(&self) {
         let commands: Vec<_> = self
@@ -417,14 +430,7 @@ impl SfuControl for Sfu {
     }
 
     async fn close_session(&self, session: SessionId) {
-        let commands = self
-            .inner
-            .sessions()
-            .get(&session)
-            .map(|s| s.commands.clone());
-        if let Some(c) = commands {
-            let _ = c.send(SessionCmd::Close(CloseReason::Left));
-        }
+        self.end_session(session);
     }
 
     fn live_sessions(&self) -> usize {

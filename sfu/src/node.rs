@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::Sfu;
 use crate::grant::GrantVerifier;
 use crate::identity::{Identity, LINK_NAME};
-use crate::signal::{SfuControl, SfuSignal};
+use crate::signal::{SessionId, SfuControl, SfuSignal};
 use crate::wire::{
     NodeFrame, NodeLoad, PROTOCOL_VERSION, SessionEvent, SessionFrame, SignalingFrame, WireError,
     read_frame, write_frame,
@@ -141,9 +141,24 @@ async fn serve_once(
         }
     };
     heartbeat.abort();
-    // Dropping the streams ends every session this connection carried.
+    // Every session this connection carried ends with it (each task's guard closes its
+    // session): nobody can signal them any more, and their published tracks must not
+    // linger in rooms that people rejoin through the next connection.
     sessions.shutdown().await;
     result
+}
+
+/// Ends a session when the task serving its stream stops, however it stops: the stream
+/// closing, the connection dropping, or the task being aborted.
+struct SessionGuard {
+    sfu: Sfu,
+    session: SessionId,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.sfu.end_session(self.session);
+    }
 }
 
 async fn heartbeats(sfu: Sfu, mut send: quinn::SendStream) {
@@ -224,6 +239,10 @@ async fn serve_session(sfu: Sfu, mut send: quinn::SendStream, mut recv: quinn::R
         }
     };
     let session = opened.session;
+    let _guard = SessionGuard {
+        sfu: sfu.clone(),
+        session,
+    };
     let reply = SessionEvent::Opened {
         session,
         room: opened.room.clone(),
