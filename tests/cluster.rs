@@ -11,7 +11,7 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,14 @@ fn free_udp_port() -> u16 {
         .expect("port")
 }
 
+/// Starts `veil <role>`; its warnings go to `<config>.log` (appended across restarts),
+/// which a failure message shows.
 fn spawn(config: &Path, role: &str) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .expect("log file");
     Proc(
         Command::new(env!("CARGO_BIN_EXE_veil"))
             .arg("--config")
@@ -52,11 +59,79 @@ fn spawn(config: &Path, role: &str) -> Proc {
             .arg("--log")
             .arg("warn")
             .arg(role)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
             .spawn()
             .expect("start veil"),
     )
+}
+
+/// Each participant's state and the processes' warnings, for a failure message.
+fn describe(people: &[(usize, Participant)], dir: &Path) -> String {
+    let mut out = String::new();
+    for (i, p) in people {
+        let tracks: Vec<String> = p
+            .received()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}/{:?}:{}{}",
+                    t.publisher,
+                    t.kind,
+                    t.packets,
+                    if t.ended { " ended" } else { "" }
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "room {i} {}: sent={:?} published={:?} connected={} resets={} resumes={} closed={:?} errors={:?} received=[{}]\n",
+            p.id,
+            p.sent()
+                .iter()
+                .map(|((kind, _), s)| (*kind, s.packets))
+                .collect::<Vec<_>>(),
+            p.published_tracks().keys().collect::<Vec<_>>(),
+            p.is_connected(),
+            p.media_resets(),
+            p.resumes(),
+            p.closed(),
+            p.errors(),
+            tracks.join(", ")
+        ));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log")
+                && let Ok(text) = std::fs::read_to_string(&path)
+            {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(400)..];
+                out.push_str(&format!("--- {}\n{}\n", path.display(), tail.join("\n")));
+            }
+        }
+    }
+    out
+}
+
+/// [`wait_until`], with every participant's state in the failure message.
+async fn wait_for_media(
+    what: &str,
+    limit: Duration,
+    people: &[(usize, Participant)],
+    dir: &Path,
+    check: impl Fn(&[(usize, Participant)]) -> bool,
+) {
+    let start = Instant::now();
+    while !check(people) {
+        if start.elapsed() > limit {
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                describe(people, dir)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 struct Node {
@@ -214,10 +289,12 @@ async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
                 .all(|(_, o)| receives_av_from(p, &o.id, min))
         })
     };
-    wait_until(
+    wait_for_media(
         "every participant receives its room's media",
         secs(30),
-        || everyone_receives(&people, 20),
+        &people,
+        &dir,
+        |people| everyone_receives(people, 20),
     )
     .await;
     let health = get_json(&health_url).await.expect("health");
@@ -291,9 +368,13 @@ async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
         "every session of the lost node rejoined"
     );
     // Everyone, moved or not, still receives.
-    wait_until("everyone receives after failover", secs(10), || {
-        everyone_receives(&people, 10)
-    })
+    wait_for_media(
+        "everyone receives after failover",
+        secs(10),
+        &people,
+        &dir,
+        |people| everyone_receives(people, 10),
+    )
     .await;
     let health = get_json(&health_url).await.expect("health");
     assert_eq!(health["sessions"].as_u64(), Some(12), "{health}");
@@ -355,14 +436,32 @@ async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
         let guest = light(&server, room, &format!("B{i}"));
         people.push((i, Participant::join(guest).await.expect("guest rejoins")));
     }
-    wait_until("every room has media again", secs(30), || {
-        everyone_receives(&people, 10)
-    })
+    wait_for_media(
+        "every room has media again",
+        secs(30),
+        &people,
+        &dir,
+        |people| everyone_receives(people, 10),
+    )
     .await;
     println!(
         "signaling restart: SIGKILL → media again in {:?} (6 rooms, 12 people)",
         killed.elapsed()
     );
+    // The node ended the sessions the lost link carried: nobody rejoining is offered a
+    // track of someone who is gone.
+    for (i, p) in &people {
+        for track in p.published_tracks().values() {
+            assert!(
+                people
+                    .iter()
+                    .any(|(j, o)| j == i && o.id == track.participant),
+                "{} was offered a track of {}, who left with the lost link",
+                p.id,
+                track.participant
+            );
+        }
+    }
     // No account data lost: the host is still logged in with the same data, and every
     // sign-up acknowledged before the kill (or after the restart) is there.
     wait_until("more sign-ups acknowledged", secs(20), || {

@@ -23,10 +23,11 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
@@ -643,8 +644,8 @@ async fn relay_feedback(track: Arc<TrackLocalStaticRTP>, consumer: Arc<Consumer>
     }
 }
 
-/// Reads one published track: registers it in the room on its first packet, forwards
-/// every packet, and unpublishes it when the track ends.
+/// Reads one published track: registers it in the room once it opens with a known
+/// codec, forwards every packet, and unpublishes it when the track ends.
 #[allow(clippy::too_many_arguments)]
 async fn run_producer(
     id: String,
@@ -657,59 +658,107 @@ async fn run_producer(
     join: Arc<JoinClock>,
 ) {
     let mut producer: Option<Arc<Producer>> = None;
+    // Streams (simulcast layers) that opened before their codec was known. webrtc 0.21
+    // can copy a receiver's coding into the track before the codec is filled in, and
+    // never updates the copy; the first packet's payload type then names the codec among
+    // the negotiated ones. Waiting for it, rather than giving up on the track, is what
+    // keeps such a camera from never reaching anyone.
+    let mut opened: Vec<RTCTrackEventInit> = Vec::new();
     while let Some(event) = track.poll().await {
-        match event {
+        let (codec, receiver_id, packet) = match event {
             TrackRemoteEvent::OnOpen(init) => {
                 if let Some(p) = &producer {
                     p.add_stream(init.ssrc, init.rid.as_deref());
                     continue;
                 }
-                let Some(codec) = track.codec(init.ssrc).await else {
-                    continue;
-                };
-                let kind = match track.kind().await {
-                    RtpCodecKind::Audio => MediaKind::Audio,
-                    _ => MediaKind::Video,
-                };
-                let mut layers: Vec<Layer> = track
-                    .codings()
-                    .await
-                    .iter()
-                    .filter_map(|c| Layer::from_rid(&c.rtp_coding_parameters.rid))
-                    .collect();
-                layers.sort();
-                layers.dedup();
-                let extensions = receiver_extensions(&pc, &init.receiver_id).await;
-                let p = Arc::new(Producer::new(
-                    id.clone(),
-                    publisher.clone(),
-                    session,
-                    kind,
-                    codec,
-                    layers,
-                    extensions,
-                    track.clone(),
-                    metrics.clone(),
-                    join.clone(),
-                ));
-                p.add_stream(init.ssrc, init.rid.as_deref());
-                for member in room.add_producer(p.clone()) {
-                    let _ = member.commands.send(SessionCmd::Subscribe(p.clone()));
+                let codec = track.codec(init.ssrc).await;
+                let receiver_id = init.receiver_id;
+                opened.push(init);
+                match codec {
+                    Some(codec) => (codec, receiver_id, None),
+                    None => continue,
                 }
-                producer = Some(p);
             }
             TrackRemoteEvent::OnRtpPacket(packet) => {
                 if let Some(p) = &producer {
                     p.forward(packet).await;
+                    continue;
+                }
+                let Some(receiver_id) = opened.first().map(|init| init.receiver_id) else {
+                    continue;
+                };
+                let payload_type = packet.header.payload_type;
+                match negotiated_codec(&pc, &receiver_id, payload_type).await {
+                    Some(codec) => {
+                        debug!(session, "codec found by the first packet's payload type");
+                        (codec, receiver_id, Some(packet))
+                    }
+                    None => continue,
                 }
             }
             TrackRemoteEvent::OnEnded => break,
-            _ => {}
+            _ => continue,
+        };
+        let kind = match track.kind().await {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let mut layers: Vec<Layer> = track
+            .codings()
+            .await
+            .iter()
+            .filter_map(|c| Layer::from_rid(&c.rtp_coding_parameters.rid))
+            .collect();
+        layers.sort();
+        layers.dedup();
+        let extensions = receiver_extensions(&pc, &receiver_id).await;
+        let p = Arc::new(Producer::new(
+            id.clone(),
+            publisher.clone(),
+            session,
+            kind,
+            codec,
+            layers,
+            extensions,
+            track.clone(),
+            metrics.clone(),
+            join.clone(),
+        ));
+        for init in opened.drain(..) {
+            p.add_stream(init.ssrc, init.rid.as_deref());
         }
+        for member in room.add_producer(p.clone()) {
+            let _ = member.commands.send(SessionCmd::Subscribe(p.clone()));
+        }
+        if let Some(packet) = packet {
+            p.forward(packet).await;
+        }
+        producer = Some(p);
     }
     if let Some((p, members)) = room.remove_producer(&id) {
         notify_unpublished(&[p], &members);
     }
+}
+
+/// The negotiated codec a receiver's packets with `payload_type` carry.
+async fn negotiated_codec(
+    pc: &Arc<dyn PeerConnection>,
+    receiver_id: &rtc::rtp_transceiver::RTCRtpReceiverId,
+    payload_type: u8,
+) -> Option<RTCRtpCodec> {
+    for receiver in pc.get_receivers().await {
+        if receiver.id() != *receiver_id {
+            continue;
+        }
+        let params = receiver.get_parameters().await.ok()?;
+        return params
+            .rtp_parameters
+            .codecs
+            .into_iter()
+            .find(|c| c.payload_type == payload_type)
+            .map(|c| c.rtp_codec);
+    }
+    None
 }
 
 async fn receiver_extensions(
