@@ -44,7 +44,7 @@ fn free_udp_port() -> u16 {
         .expect("port")
 }
 
-/// Starts `veil <role>`; its warnings go to `<config>.log` (appended across restarts),
+/// Starts `veil <role>`; its output goes to `<config>.log` (appended across restarts),
 /// which a failure message shows.
 fn spawn(config: &Path, role: &str) -> Proc {
     let log = std::fs::OpenOptions::new()
@@ -112,26 +112,6 @@ fn describe(people: &[(usize, Participant)], dir: &Path) -> String {
         }
     }
     out
-}
-
-/// [`wait_until`], with every participant's state in the failure message.
-async fn wait_for_media(
-    what: &str,
-    limit: Duration,
-    people: &[(usize, Participant)],
-    dir: &Path,
-    check: impl Fn(&[(usize, Participant)]) -> bool,
-) {
-    let start = Instant::now();
-    while !check(people) {
-        if start.elapsed() > limit {
-            panic!(
-                "timed out after {limit:?} waiting for {what}\n{}",
-                describe(people, dir)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 struct Node {
@@ -289,12 +269,11 @@ async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
                 .all(|(_, o)| receives_av_from(p, &o.id, min))
         })
     };
-    wait_for_media(
+    wait_until_explained(
         "every participant receives its room's media",
         secs(30),
-        &people,
-        &dir,
-        |people| everyone_receives(people, 20),
+        || everyone_receives(&people, 20),
+        || describe(&people, &dir),
     )
     .await;
     let health = get_json(&health_url).await.expect("health");
@@ -368,12 +347,11 @@ async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
         "every session of the lost node rejoined"
     );
     // Everyone, moved or not, still receives.
-    wait_for_media(
+    wait_until_explained(
         "everyone receives after failover",
         secs(10),
-        &people,
-        &dir,
-        |people| everyone_receives(people, 10),
+        || everyone_receives(&people, 10),
+        || describe(&people, &dir),
     )
     .await;
     let health = get_json(&health_url).await.expect("health");
@@ -436,12 +414,11 @@ async fn rooms_survive_a_killed_node_and_a_killed_signaling() {
         let guest = light(&server, room, &format!("B{i}"));
         people.push((i, Participant::join(guest).await.expect("guest rejoins")));
     }
-    wait_for_media(
+    wait_until_explained(
         "every room has media again",
         secs(30),
-        &people,
-        &dir,
-        |people| everyone_receives(people, 10),
+        || everyone_receives(&people, 10),
+        || describe(&people, &dir),
     )
     .await;
     println!(

@@ -147,11 +147,24 @@ pub fn small_camera() -> VideoConfig {
 }
 
 /// Polls `check` every 20 ms until it holds; panics after `limit`.
-pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, limit: Duration, check: impl FnMut() -> bool) {
+    wait_until_explained(what, limit, check, String::new).await;
+}
+
+/// [`wait_until`], with `explain()` (the state that should have changed) in the panic.
+pub async fn wait_until_explained(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let start = Instant::now();
     while !check() {
         if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}");
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                explain()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
