@@ -740,7 +740,8 @@ async fn run_producer(
     }
 }
 
-/// The negotiated codec a receiver's packets with `payload_type` carry.
+/// The negotiated media codec a receiver's packets with `payload_type` carry; `None` for
+/// a retransmission or FEC payload type, which names no media codec.
 async fn negotiated_codec(
     pc: &Arc<dyn PeerConnection>,
     receiver_id: &rtc::rtp_transceiver::RTCRtpReceiverId,
@@ -756,9 +757,18 @@ async fn negotiated_codec(
             .codecs
             .into_iter()
             .find(|c| c.payload_type == payload_type)
-            .map(|c| c.rtp_codec);
+            .map(|c| c.rtp_codec)
+            .filter(|codec| !is_repair_codec(&codec.mime_type));
     }
     None
+}
+
+/// RTX, RED and FEC carry other packets rather than media of their own.
+fn is_repair_codec(mime_type: &str) -> bool {
+    let subtype = mime_type.rsplit('/').next().unwrap_or_default();
+    ["rtx", "red", "ulpfec", "flexfec", "flexfec-03"]
+        .iter()
+        .any(|repair| subtype.eq_ignore_ascii_case(repair))
 }
 
 async fn receiver_extensions(
@@ -779,4 +789,25 @@ async fn receiver_extensions(
         }
     }
     Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_repair_codec;
+
+    #[test]
+    fn repair_payload_types_name_no_media_codec() {
+        for mime in [
+            "video/rtx",
+            "audio/rtx",
+            "video/red",
+            "video/ulpfec",
+            "video/flexfec-03",
+        ] {
+            assert!(is_repair_codec(mime), "{mime}");
+        }
+        for mime in ["video/VP8", "video/H264", "audio/opus", "video/VP9"] {
+            assert!(!is_repair_codec(mime), "{mime}");
+        }
+    }
 }
