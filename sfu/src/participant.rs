@@ -27,7 +27,8 @@ use rtc::peer_connection::event::RTCTrackEventInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpReceiveParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
@@ -747,20 +748,14 @@ async fn negotiated_codec(
     receiver_id: &rtc::rtp_transceiver::RTCRtpReceiverId,
     payload_type: u8,
 ) -> Option<RTCRtpCodec> {
-    for receiver in pc.get_receivers().await {
-        if receiver.id() != *receiver_id {
-            continue;
-        }
-        let params = receiver.get_parameters().await.ok()?;
-        return params
-            .rtp_parameters
-            .codecs
-            .into_iter()
-            .find(|c| c.payload_type == payload_type)
-            .map(|c| c.rtp_codec)
-            .filter(|codec| !is_repair_codec(&codec.mime_type));
-    }
-    None
+    receiver_parameters(pc, receiver_id)
+        .await?
+        .rtp_parameters
+        .codecs
+        .into_iter()
+        .find(|c| c.payload_type == payload_type)
+        .map(|c| c.rtp_codec)
+        .filter(|codec| !is_repair_codec(&codec.mime_type))
 }
 
 /// RTX, RED and FEC carry other packets rather than media of their own.
@@ -775,20 +770,28 @@ async fn receiver_extensions(
     pc: &Arc<dyn PeerConnection>,
     receiver_id: &rtc::rtp_transceiver::RTCRtpReceiverId,
 ) -> Vec<(String, u8)> {
+    let Some(params) = receiver_parameters(pc, receiver_id).await else {
+        return Vec::new();
+    };
+    params
+        .rtp_parameters
+        .header_extensions
+        .iter()
+        .filter_map(|e| u8::try_from(e.id).ok().map(|id| (e.uri.clone(), id)))
+        .collect()
+}
+
+/// What was negotiated for one of the connection's receivers.
+async fn receiver_parameters(
+    pc: &Arc<dyn PeerConnection>,
+    receiver_id: &rtc::rtp_transceiver::RTCRtpReceiverId,
+) -> Option<RTCRtpReceiveParameters> {
     for receiver in pc.get_receivers().await {
-        if receiver.id() != *receiver_id {
-            continue;
-        }
-        if let Ok(params) = receiver.get_parameters().await {
-            return params
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .filter_map(|e| u8::try_from(e.id).ok().map(|id| (e.uri.clone(), id)))
-                .collect();
+        if receiver.id() == *receiver_id {
+            return receiver.get_parameters().await.ok();
         }
     }
-    Vec::new()
+    None
 }
 
 #[cfg(test)]
